@@ -1,0 +1,1 @@
+"""First Sip plugin runner."""

@@ -1,0 +1,26 @@
+"""The ``first-sip`` command line: a thin layer over the API and the services.
+
+Each area lives in ``app/commands/<area>.py`` and registers its own sub-app
+here. Commands import their heavy dependencies lazily so ``--help`` is fast
+and light commands never import CrewAI.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from app.commands import db, plugins
+
+cli = typer.Typer(
+    name="first-sip",
+    help="First Sip plugin runner: plugins, runs, schedules and the processes that carry them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+cli.add_typer(plugins.app, name="plugins")
+cli.add_typer(db.app, name="db")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

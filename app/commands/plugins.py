@@ -1,0 +1,83 @@
+"""``first-sip plugins``: validate, list and sync the plugins folder."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from app.commands.output import emit_json, fail
+
+app = typer.Typer(help="Plugin discovery, validation and sync.", no_args_is_help=True)
+
+PluginsDir = typer.Option(None, "--plugins-dir", help="Plugins folder (default: PLUGINS_DIR).")
+
+
+def _registry(plugins_dir: Path | None):  # type: ignore[no-untyped-def]
+    from app.config import get_settings
+    from app.plugins.registry import discover
+
+    # Problems are printed by the command itself; keep the log quiet.
+    logging.getLogger("app.plugins.registry").setLevel(logging.ERROR)
+    return discover(plugins_dir or get_settings().plugins_dir)
+
+
+@app.command("validate")
+def validate(plugins_dir: Path | None = PluginsDir) -> None:
+    """Print every problem (file, key, reason); exit 1 if there is any."""
+    registry = _registry(plugins_dir)
+    for problem in registry.problems:
+        typer.echo(str(problem))
+    if registry.problems:
+        typer.echo(f"{len(registry.problems)} problem(s); {len(registry.plugins)} plugin(s) valid", err=True)
+        raise typer.Exit(1)
+    if not registry.plugins:
+        typer.echo("no plugins found", err=True)
+        return
+    typer.echo(f"ok: {len(registry.plugins)} plugin(s) valid: {', '.join(sorted(registry.plugins))}")
+
+
+@app.command("list")
+def list_plugins(
+    plugins_dir: Path | None = PluginsDir,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Show the plugins that loaded (and how many were skipped)."""
+    registry = _registry(plugins_dir)
+    rows = [
+        {
+            "name": p.name,
+            "version": p.manifest.version,
+            "capabilities": list(p.manifest.capabilities),
+            "description": p.manifest.description,
+            "folder": str(p.folder),
+        }
+        for p in sorted(registry.plugins.values(), key=lambda p: p.name)
+    ]
+    if as_json:
+        emit_json({"plugins": rows, "problems": [str(p) for p in registry.problems]})
+        return
+    for row in rows:
+        caps = ",".join(row["capabilities"]) or "-"
+        typer.echo(f"{row['name']:<28} {row['version']:<10} {caps:<22} {row['description']}")
+    if registry.problems:
+        typer.echo(f"({len(registry.problems)} problem(s): run 'first-sip plugins validate')", err=True)
+
+
+@app.command("sync")
+def sync(plugins_dir: Path | None = PluginsDir) -> None:
+    """Upsert the plugins on disk into the database; disable those that are gone."""
+    from app.db.engine import session_scope
+    from app.plugins.sync import sync_plugins
+
+    registry = _registry(plugins_dir)
+    for problem in registry.problems:
+        typer.echo(f"skipped: {problem}", err=True)
+    try:
+        with session_scope() as session:
+            report = sync_plugins(session, registry)
+    except Exception as exc:  # the release step must fail loudly, with the reason
+        fail(f"sync failed: {exc}")
+    for line in report.lines():
+        typer.echo(line)

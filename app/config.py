@@ -1,0 +1,142 @@
+"""Settings from the environment: the one place that reads configuration.
+
+Every process calls :func:`get_settings`; nothing reads ``os.environ`` for
+application settings elsewhere. Settings are evaluated on first use, never at
+import time, so tests and the CLI can set the environment first.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.errors import ConfigurationError
+
+#: Where the embedded default keeps its files (SQLite database, private Redis).
+VAR_DIR = Path("var")
+EMBEDDED_DATABASE_URL = f"sqlite:///{VAR_DIR / 'first-sip.db'}"
+
+# Values that mean "somebody copied the example file and never changed it".
+_PLACEHOLDERS = frozenset({"", "changethis", "change-me", "changeme", "secret", "password"})
+
+
+def normalize_database_url(url: str) -> str:
+    """Return ``url`` with PostgreSQL schemes pointing at the psycopg 3 driver.
+
+    PaaS providers hand out ``postgres://``; SQLAlchemy would pick psycopg2 for
+    ``postgresql://``. Both become ``postgresql+psycopg://``; other URLs are
+    returned unchanged.
+    """
+    for scheme in ("postgres://", "postgresql://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url
+
+
+class Settings(BaseSettings):
+    """Typed settings; field ``foo_bar`` is read from ``FOO_BAR``."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    app_env: Literal["development", "production"] = "development"
+    database_url: str = EMBEDDED_DATABASE_URL
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    plugins_dir: Path = Path("plugins")
+    #: Every Redis key this project writes, Celery's broker keys included, starts with it.
+    redis_key_prefix: str = "first-sip"
+    #: Secret used for signing (Flower's cookie secret); required in production.
+    secret_key: SecretStr = SecretStr("changethis")
+    #: ``user:password`` for Flower; required in production.
+    flower_basic_auth: SecretStr | None = None
+
+    # LLM: a model name CrewAI's ``LLM`` accepts; unset means the offline model
+    # in development and a refusal to start in production.
+    llm_model: str | None = Field(default=None, alias="FIRST_SIP_LLM_MODEL")
+    #: Benchmarks only: seconds the offline LLM sleeps per call.
+    offline_llm_delay_seconds: float = Field(default=0.0, ge=0, alias="FIRST_SIP_OFFLINE_LLM_DELAY")
+
+    # Execution.
+    default_run_timeout_seconds: int = Field(default=600, ge=1)
+    max_run_timeout_seconds: int = Field(default=1800, ge=1)
+    lease_seconds: int = Field(default=60, ge=2)
+    max_attempts: int = Field(default=3, ge=1)
+    retry_base_seconds: float = Field(default=10.0, gt=0)
+    retry_max_seconds: float = Field(default=600.0, gt=0)
+    worker_max_tasks_per_child: int = Field(default=200, ge=1)
+
+    # Streams.
+    visibility_timeout_seconds: int = Field(default=60, ge=1)
+    max_deliveries: int = Field(default=5, ge=1)
+    stream_read_count: int = Field(default=100, ge=1)
+    stream_block_ms: int = Field(default=1000, ge=0)
+    stream_retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    reclaim_interval_seconds: float = Field(default=5.0, gt=0)
+    consumer_idle_removal_seconds: int = Field(default=3600, ge=60)
+
+    # Scheduling.
+    scheduler_tick_seconds: float = Field(default=30.0, gt=0)
+    scheduler_batch_size: int = Field(default=1000, ge=1)
+    catchup_grace_seconds: int = Field(default=6 * 3600, ge=0)
+    outbox_grace_seconds: int = Field(default=120, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def _driver(cls, value: str) -> str:
+        return normalize_database_url(value or EMBEDDED_DATABASE_URL)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("redis_key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9:_.-]{0,63}", value):
+            raise ValueError("REDIS_KEY_PREFIX must be 1-64 characters of [A-Za-z0-9:_.-]")
+        return value
+
+    @model_validator(mode="after")
+    def _production_secrets(self) -> Settings:
+        if self.app_env != "production":
+            return self
+        problems = []
+        if self.secret_key.get_secret_value().strip().lower() in _PLACEHOLDERS:
+            problems.append("SECRET_KEY is missing or a placeholder")
+        auth = self.flower_basic_auth.get_secret_value() if self.flower_basic_auth else ""
+        user, _, password = auth.partition(":")
+        if not user or password.strip().lower() in _PLACEHOLDERS:
+            problems.append("FLOWER_BASIC_AUTH must be user:password with a real password")
+        if self.database_url == EMBEDDED_DATABASE_URL:
+            problems.append("DATABASE_URL must be set (the SQLite default is for development)")
+        if problems:
+            raise ValueError("refusing to start in production: " + "; ".join(problems))
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the database is the embedded SQLite default (or another SQLite file)."""
+        return self.database_url.startswith("sqlite")
+
+    def run_timeout(self, manifest_timeout: int | None) -> int:
+        """The hard time limit for one run: the plugin's own, capped by the global maximum."""
+        return min(manifest_timeout or self.default_run_timeout_seconds, self.max_run_timeout_seconds)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, read from the environment on first call.
+
+    Raises :class:`ConfigurationError` naming every invalid variable.
+    """
+    try:
+        return Settings()
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        raise ConfigurationError(str(exc)) from exc

@@ -1,0 +1,85 @@
+"""Engine and session factory, one per process and database URL.
+
+Guarantees: engines are created lazily and cached per URL; SQLite files get
+their folder created, foreign keys enforced and WAL journaling so the worker
+and the API can share the embedded default. Engines are disposed in forked
+children (see ``app.celery_app``) so no connection crosses a fork.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import get_settings
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # Several processes write the embedded default; wait rather than fail on a lock.
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+_engines: dict[str, Engine] = {}
+_factories: dict[str, sessionmaker[Session]] = {}
+
+
+def engine_for(url: str) -> Engine:
+    """The cached engine for ``url``."""
+    engine = _engines.get(url)
+    if engine is not None:
+        return engine
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    _engines[url] = engine
+    return engine
+
+
+def get_engine() -> Engine:
+    """The engine for the configured ``DATABASE_URL``."""
+    return engine_for(get_settings().database_url)
+
+
+def session_factory() -> sessionmaker[Session]:
+    """The session factory bound to the configured database."""
+    url = get_settings().database_url
+    factory = _factories.get(url)
+    if factory is None:
+        factory = _factories[url] = sessionmaker(bind=engine_for(url), expire_on_commit=False)
+    return factory
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session that commits on success and rolls back on any exception."""
+    session = session_factory()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def dispose_engines(*, close: bool = True) -> None:
+    """Forget every engine. In a forked child pass ``close=False``: the parent owns the sockets."""
+    for engine in _engines.values():
+        engine.dispose(close=close)
+    _engines.clear()
+    _factories.clear()

@@ -1,0 +1,141 @@
+"""Structured logging: bound context (run_id, plugin, user_id), JSON off a terminal.
+
+Guarantees: :func:`configure_logging` is idempotent and owns only the root
+logger's handler; every record carries the fields bound with :func:`bind` in
+the current context; known secret values (settings secrets, database password,
+``*_API_KEY``/``*_TOKEN``/``*_SECRET`` variables) are replaced by ``***`` before
+a record is written.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("log_context", default=None)
+_SECRET_ENV_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
+_configured = False
+
+
+@contextmanager
+def bind(**fields: Any) -> Iterator[None]:
+    """Add ``fields`` to every record logged in this context (thread/task local)."""
+    current = _context.get() or {}
+    token = _context.set({**current, **{k: v for k, v in fields.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def bound() -> dict[str, Any]:
+    """The fields bound in the current context."""
+    return dict(_context.get() or {})
+
+
+def secret_values() -> list[str]:
+    """Values that must never be written to a log, a run row or an error message."""
+    from app.config import get_settings
+
+    values = []
+    try:
+        settings = get_settings()
+    except Exception:  # configuration errors are reported elsewhere
+        settings = None
+    if settings is not None:
+        values.append(settings.secret_key.get_secret_value())
+        if settings.flower_basic_auth:
+            auth = settings.flower_basic_auth.get_secret_value()
+            values.extend([auth, auth.partition(":")[2]])
+        for url in (settings.database_url, settings.redis_url):
+            password = urlsplit(url).password
+            if password:
+                values.append(password)
+    values.extend(v for k, v in os.environ.items() if k.endswith(_SECRET_ENV_SUFFIXES))
+    # Short values would redact ordinary words; real secrets are longer.
+    return sorted({v for v in values if len(v) >= 6}, key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str] | None = None) -> str:
+    """``text`` with every secret value replaced by ``***``."""
+    for value in secret_values() if secrets is None else secrets:
+        text = text.replace(value, "***")
+    return text
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in bound().items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+_STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STD_ATTRS and not k.startswith("_")}
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, bound fields, exception."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self._secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            **_extras(record),
+        }
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return redact(json.dumps(doc, default=str), self._secrets)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Readable on a terminal: ``time level logger: message key=value ...``."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        self._secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
+        return redact(f"{line} {extras}" if extras else line, self._secrets)
+
+
+def configure_logging(level: str | None = None, *, json_output: bool | None = None) -> None:
+    """Install the project's handler on the root logger (once per process)."""
+    global _configured
+    level = level or os.environ.get("LOG_LEVEL", "INFO")
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    if _configured:
+        return
+    if json_output is None:
+        json_output = not sys.stderr.isatty()
+    secrets = secret_values()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter(secrets) if json_output else ConsoleFormatter(secrets))
+    handler.addFilter(_ContextFilter())
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    for noisy in ("httpx", "LiteLLM", "urllib3", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _configured = True

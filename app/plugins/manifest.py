@@ -1,0 +1,161 @@
+"""The ``plugin.yaml`` manifest: a strict model and its parser.
+
+Guarantees: :func:`load_manifest` either returns a fully valid
+:class:`PluginManifest` or raises :class:`PluginError` listing every problem,
+each naming the file, the key and (where YAML knows it) the line. Unknown keys
+are errors, types are not coerced, and the plugin name is a safe token because
+it becomes part of Redis keys.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from app.errors import PluginError, Problem
+
+MANIFEST_FILE = "plugin.yaml"
+PLUGIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# Semantic Versioning 2.0.0, the official regular expression.
+SEMVER_RE = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
+# ``relative/file.py:callable`` — the file is resolved inside the plugin folder.
+ENTRY_POINT_RE = re.compile(r"^[^:\s]+\.py:[A-Za-z_][A-Za-z0-9_]*$")
+
+#: Manifest format versions this framework understands.
+SUPPORTED_SCHEMA_VERSIONS = ("v1",)
+#: What a plugin may declare it can do. ``scheduled`` makes it eligible for the beat.
+Capability = Literal["briefing", "scheduled", "manual"]
+
+
+class PluginManifest(BaseModel):
+    """A parsed, valid ``plugin.yaml``. Immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+    owner: str = Field(min_length=1)
+    version: str
+    schema_version: str = "v1"
+    capabilities: list[Capability] = Field(default_factory=list)
+    default_config: dict[str, Any] = Field(default_factory=dict)
+    settings_schema_path: str = "settings.schema.json"
+    #: ``crew/main.py:build_crew``: the function that builds the crew (worker only).
+    entry_point: str
+    #: Optional ``file.py:function`` that upgrades settings from an older plugin version.
+    settings_migrator: str | None = None
+    #: Hard time limit for one run, in seconds (capped by MAX_RUN_TIMEOUT_SECONDS).
+    timeout_seconds: int | None = Field(default=None, ge=1, le=24 * 3600)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not PLUGIN_NAME_RE.fullmatch(value):
+            raise ValueError("must match ^[a-z0-9][a-z0-9-]{0,62}$ (lower-case letters, digits, dashes)")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, value: str) -> str:
+        if not SEMVER_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a semantic version (MAJOR.MINOR.PATCH)")
+        return value
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema_version(cls, value: str) -> str:
+        if value not in SUPPORTED_SCHEMA_VERSIONS:
+            raise ValueError(
+                f"unknown schema_version {value!r}; supported: {', '.join(SUPPORTED_SCHEMA_VERSIONS)}"
+            )
+        return value
+
+    @field_validator("entry_point", "settings_migrator")
+    @classmethod
+    def _entry_point(cls, value: str | None) -> str | None:
+        if value is not None and not ENTRY_POINT_RE.fullmatch(value):
+            raise ValueError(f"{value!r} must look like 'relative/path.py:function'")
+        return value
+
+    @property
+    def is_scheduled(self) -> bool:
+        """True when the plugin may be run by the scheduler."""
+        return "scheduled" in self.capabilities
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Map each top-level key of a YAML mapping to its 1-based line, best effort."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {
+        str(key.value): key.start_mark.line + 1 for key, _ in node.value if isinstance(key, yaml.ScalarNode)
+    }
+
+
+def _validation_problems(file: str, exc: ValidationError, lines: dict[str, int]) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        key = ".".join(loc)
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        problems.append(Problem(file=file, key=key, message=message, line=lines.get(loc[0])))
+    return problems
+
+
+def parse_manifest(text: str, *, file: str) -> PluginManifest:
+    """Parse manifest ``text`` (named ``file`` in errors) into a valid manifest.
+
+    Raises :class:`PluginError` with every problem found.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise PluginError([Problem(file, "", f"malformed YAML: {reason}", line)]) from exc
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else type(data).__name__
+        raise PluginError([Problem(file, "", f"must be a YAML mapping, got {kind}")])
+    bad_keys = [k for k in data if not isinstance(k, str)]
+    if bad_keys:
+        raise PluginError([Problem(file, str(k), "keys must be strings") for k in bad_keys])
+    try:
+        return PluginManifest.model_validate(data)
+    except ValidationError as exc:
+        raise PluginError(_validation_problems(file, exc, _key_lines(text))) from exc
+
+
+def load_manifest(folder: Path) -> PluginManifest:
+    """Read and parse ``folder/plugin.yaml``; the name must equal the folder name."""
+    path = folder / MANIFEST_FILE
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PluginError([Problem(file, "", f"cannot read: {exc}")]) from exc
+    manifest = parse_manifest(text, file=file)
+    if manifest.name != folder.name:
+        line = _key_lines(text).get("name")
+        raise PluginError(
+            [Problem(file, "name", f"{manifest.name!r} must equal the folder name {folder.name!r}", line)]
+        )
+    return manifest

@@ -1,0 +1,189 @@
+"""Discovery: plugin folders on disk become a :class:`Registry` of valid plugins.
+
+Guarantees: a broken plugin is skipped with every reason recorded in
+``Registry.problems`` (and logged); it never stops the other plugins from
+loading. Two plugins with the same name are both rejected. A loaded
+:class:`Plugin` has a valid manifest, a valid Draft 2020-12 settings schema and
+a ``default_config`` that validates against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from app.errors import PluginError, Problem
+from app.plugins.manifest import MANIFEST_FILE, PluginManifest, load_manifest
+from app.plugins.paths import PathEscapeError, resolve_inside
+
+log = logging.getLogger(__name__)
+
+DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """A valid plugin: its manifest, folder and compiled settings schema."""
+
+    manifest: PluginManifest
+    folder: Path
+    settings_schema: dict[str, Any]
+    validator: Draft202012Validator = field(repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        """The plugin's name (equal to its folder name)."""
+        return self.manifest.name
+
+    @property
+    def schema_fingerprint(self) -> str:
+        """A short stable hash of the settings schema: changes when the schema changes."""
+        canonical = json.dumps(self.settings_schema, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Registry:
+    """The plugins that loaded, by name, and the problems of those that did not."""
+
+    plugins: dict[str, Plugin] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    def get(self, name: str) -> Plugin | None:
+        """The plugin called ``name``, or None."""
+        return self.plugins.get(name)
+
+
+def _load_schema(folder: Path, manifest: PluginManifest, manifest_file: str) -> dict[str, Any]:
+    try:
+        path = resolve_inside(folder, manifest.settings_schema_path)
+    except PathEscapeError as exc:
+        raise PluginError([Problem(manifest_file, "settings_schema_path", str(exc))]) from exc
+    schema_file = str(folder / manifest.settings_schema_path)
+    if not path.exists():
+        raise PluginError([Problem(manifest_file, "settings_schema_path", f"{schema_file} does not exist")])
+    if not path.is_file():
+        raise PluginError([Problem(schema_file, "", "is not a regular file")])
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PluginError([Problem(schema_file, "", f"cannot read: {exc}")]) from exc
+    except json.JSONDecodeError as exc:
+        raise PluginError([Problem(schema_file, "", f"malformed JSON: {exc.msg}", exc.lineno)]) from exc
+    problems = _schema_problems(schema, schema_file)
+    if problems:
+        raise PluginError(problems)
+    return dict(schema)
+
+
+def _schema_problems(schema: Any, schema_file: str) -> list[Problem]:
+    if not isinstance(schema, dict):
+        return [Problem(schema_file, "", "a settings schema must be a JSON object")]
+    declared = schema.get("$schema")
+    if declared is not None and declared.rstrip("#") != DRAFT_2020_12:
+        return [Problem(schema_file, "$schema", f"must be {DRAFT_2020_12}, got {declared!r}")]
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        pointer = "/" + "/".join(str(p) for p in exc.absolute_path)
+        return [Problem(schema_file, pointer, f"invalid JSON Schema: {exc.message}")]
+    if schema.get("type") != "object":
+        return [Problem(schema_file, "type", 'settings schema must have "type": "object"')]
+    return []
+
+
+def load_plugin(folder: Path) -> Plugin:
+    """Load and fully validate the plugin in ``folder``; raise :class:`PluginError` if invalid."""
+    from app.plugins.settings import effective_settings, validation_issues  # settings imports Plugin
+
+    manifest = load_manifest(folder)
+    manifest_file = str(folder / MANIFEST_FILE)
+    schema = _load_schema(folder, manifest, manifest_file)
+    for key in ("entry_point", "settings_migrator"):
+        ref = getattr(manifest, key)
+        if ref is None:
+            continue
+        try:
+            target = resolve_inside(folder, ref.split(":", 1)[0])
+        except PathEscapeError as exc:
+            raise PluginError([Problem(manifest_file, key, str(exc))]) from exc
+        if not target.is_file():
+            raise PluginError(
+                [Problem(manifest_file, key, f"{ref.split(':', 1)[0]} is not a file in the plugin folder")]
+            )
+    plugin = Plugin(
+        manifest,
+        folder,
+        schema,
+        Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER),
+    )
+    # default_config is checked as it will be used: merged over the schema's defaults.
+    issues = validation_issues(plugin, effective_settings(plugin, None))
+    if issues:
+        raise PluginError(
+            [
+                Problem(
+                    manifest_file, "default_config" + (i.path.replace("/", ".") if i.path else ""), i.message
+                )
+                for i in issues
+            ]
+        )
+    return plugin
+
+
+def _plugin_dirs(plugins_dir: Path | str) -> list[Path]:
+    # PLUGINS_DIR may list several folders, like PATH; a name may appear in only one.
+    return [Path(p) for p in str(plugins_dir).split(os.pathsep) if p]
+
+
+def discover(plugins_dir: Path | str) -> Registry:
+    """Load every plugin under ``plugins_dir`` (one per subfolder holding ``plugin.yaml``).
+
+    ``plugins_dir`` may be several folders separated by ``os.pathsep``.
+    """
+    registry = Registry()
+    found: dict[str, list[Plugin]] = {}
+    for root in _plugin_dirs(plugins_dir):
+        if not root.exists():
+            registry.problems.append(Problem(str(root), "", "plugins folder does not exist"))
+            continue
+        if not root.is_dir():
+            registry.problems.append(Problem(str(root), "", "is a file; expected the plugins folder"))
+            continue
+        for folder in sorted(root.iterdir()):
+            if folder.name.startswith((".", "_")) or not folder.is_dir():
+                continue
+            manifest_path = folder / MANIFEST_FILE
+            if not manifest_path.exists():
+                log.debug("skipping %s: no %s", folder, MANIFEST_FILE)
+                continue
+            try:
+                plugin = load_plugin(folder)
+            except PluginError as exc:
+                registry.problems.extend(exc.problems)
+                continue
+            found.setdefault(plugin.name, []).append(plugin)
+    for name, candidates in found.items():
+        if len(candidates) == 1:
+            registry.plugins[name] = candidates[0]
+            continue
+        where = ", ".join(str(c.folder) for c in candidates)
+        for c in candidates:
+            registry.problems.append(
+                Problem(
+                    str(c.folder / MANIFEST_FILE),
+                    "name",
+                    f"duplicate plugin name {name!r} (in {where}); all copies rejected",
+                )
+            )
+    for problem in registry.problems:
+        log.warning("plugin skipped: %s", problem)
+    return registry

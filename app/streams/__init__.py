@@ -1,0 +1,1 @@
+"""Redis Streams: key names, the envelope, the producer and the consumer process."""

@@ -1,0 +1,62 @@
+"""Every Redis key name this project uses, in one place, under the configured prefix.
+
+Redis Cluster: a plugin's stream and its dead-letter stream share the hash tag
+``{<plugin>}``, so the MULTI that moves an entry to the dead letters (XADD
+there, XACK here) touches a single slot. Nothing ever spans two plugins'
+streams in one command; the consumer reads each stream with its own
+XREADGROUP, which is what makes any plugin's stream free to live on any node.
+"""
+
+from __future__ import annotations
+
+from app.config import get_settings
+from app.plugins.manifest import PLUGIN_NAME_RE
+
+#: The consumer group every stream consumer joins.
+GROUP = "workers"
+#: Stream entry field names (the envelope).
+FIELD_VERSION = "v"
+FIELD_PAYLOAD = "payload"
+
+
+def _prefix() -> str:
+    return get_settings().redis_key_prefix
+
+
+def _checked(plugin: str) -> str:
+    # Plugin names come from manifests (already checked) but also from stream
+    # names and CLI arguments: never let an unchecked one become a key.
+    if not PLUGIN_NAME_RE.fullmatch(plugin):
+        raise ValueError(f"not a valid plugin name: {plugin!r}")
+    return plugin
+
+
+def stream(plugin: str) -> str:
+    """The execution stream of ``plugin``: ``<prefix>:plugin:execution:{<plugin>}``."""
+    return f"{_prefix()}:plugin:execution:{{{_checked(plugin)}}}"
+
+
+def dead_letters(plugin: str) -> str:
+    """The dead-letter stream of ``plugin`` (same hash slot as its stream)."""
+    return stream(plugin) + ":dead"
+
+
+def plugin_from_stream(key: str) -> str | None:
+    """The plugin a stream or dead-letter key belongs to, or None if it is not one of ours."""
+    head = f"{_prefix()}:plugin:execution:{{"
+    if not key.startswith(head):
+        return None
+    name, _, rest = key[len(head) :].partition("}")
+    if rest not in ("", ":dead") or not PLUGIN_NAME_RE.fullmatch(name):
+        return None
+    return name
+
+
+def consumer_heartbeat(host: str) -> str:
+    """Key a live consumer on ``host`` refreshes with a TTL (``first-sip consumer --check``)."""
+    return f"{_prefix()}:consumer:alive:{host}"
+
+
+def celery_prefix() -> str:
+    """Prefix of Celery's own broker keys (kombu's ``global_keyprefix``)."""
+    return f"{_prefix()}:celery:"

@@ -1,0 +1,201 @@
+"""Test session wiring: a private PostgreSQL database and a private Redis key prefix.
+
+Every test session creates its own database (``fs_test_<random>``) with
+``alembic upgrade head`` and drops it at the end, and uses its own Redis key
+prefix (Celery's broker keys included) whose keys it deletes at the end. Tests
+that touch tables get them truncated first. Nothing the session did not create
+is ever dropped. In CI a missing service is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://root@127.0.0.1:5432/postgres")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+SESSION_TAG = secrets.token_hex(4)
+TEST_DB = f"fs_test_{SESSION_TAG}"
+TEST_PREFIX = f"fs-test-{SESSION_TAG}"
+TEST_DATABASE_URL = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{TEST_DB}"
+
+# Settings are read lazily; set the environment before anything calls get_settings().
+os.environ.update(
+    {
+        "DATABASE_URL": TEST_DATABASE_URL,
+        "REDIS_URL": TEST_REDIS_URL,
+        "REDIS_KEY_PREFIX": TEST_PREFIX,
+        "PLUGINS_DIR": str(ROOT / "plugins"),
+        "APP_ENV": "development",
+        "CREWAI_DISABLE_TELEMETRY": "true",
+        "OTEL_SDK_DISABLED": "true",
+        "CREWAI_TRACING_ENABLED": "false",
+    }
+)
+os.environ.pop("FIRST_SIP_LLM_MODEL", None)
+
+
+def _service_missing(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI requires it; `make test` starts it)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """The session's private PostgreSQL database, migrated to head."""
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        _service_missing(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{TEST_DB}"')
+    from app.db import migrate
+
+    try:
+        migrate.upgrade(TEST_DATABASE_URL)
+        yield TEST_DATABASE_URL
+    finally:
+        from app.db.engine import dispose_engines
+
+        dispose_engines()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db(pg_database: str) -> Iterator[str]:
+    """Empty tables for this test (truncated first, so a failed test leaves evidence)."""
+    from sqlalchemy import text
+
+    from app.db.engine import get_engine
+
+    with get_engine().begin() as conn:
+        conn.execute(
+            text("TRUNCATE plugin_runs, user_plugin_configs, users, plugins RESTART IDENTITY CASCADE")
+        )
+    yield pg_database
+
+
+def _delete_prefix(client: redis.Redis, prefix: str) -> None:
+    batch = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    for i in range(0, len(batch), 500):
+        client.delete(*batch[i : i + 500])
+
+
+@pytest.fixture(scope="session")
+def redis_session() -> Iterator[redis.Redis]:
+    """A client for the test Redis; deletes the session's keys at the end."""
+    client = redis.Redis.from_url(TEST_REDIS_URL, decode_responses=True)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        _service_missing(f"Redis not reachable at {TEST_REDIS_URL}: {exc}")
+    yield client
+    _delete_prefix(client, TEST_PREFIX)
+    client.close()
+
+
+@pytest.fixture
+def redis_client(redis_session: redis.Redis) -> redis.Redis:
+    """The test Redis with this session's keys deleted before the test."""
+    _delete_prefix(redis_session, TEST_PREFIX)
+    return redis_session
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    from app.config import get_settings
+
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+# ---- plugin folders -------------------------------------------------------------------------
+
+VALID_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "frequency": {"type": "string", "enum": ["daily", "weekly"], "default": "daily"},
+        "preferred_time": {
+            "type": "string",
+            "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$",
+            "default": "06:00",
+        },
+        "topics": {
+            "type": "array",
+            "items": {"type": "string", "enum": ["technology", "science", "sports"]},
+            "minItems": 1,
+            "maxItems": 2,
+            "default": ["technology"],
+        },
+    },
+    "required": ["frequency", "topics"],
+}
+
+
+def manifest_text(name: str, **overrides: Any) -> str:
+    """A valid plugin.yaml for ``name`` with top-level ``overrides`` (None removes a key)."""
+    import yaml
+
+    data: dict[str, Any] = {
+        "name": name,
+        "description": "A test plugin.",
+        "owner": "tests",
+        "version": "1.0.0",
+        "capabilities": ["scheduled", "manual"],
+        "default_config": {"topics": ["science"]},
+        "settings_schema_path": "settings.schema.json",
+        "entry_point": "crew/main.py:build_crew",
+    }
+    data.update(overrides)
+    return yaml.safe_dump({k: v for k, v in data.items() if v is not None}, sort_keys=False)
+
+
+@pytest.fixture
+def make_plugin(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Factory: write a plugin folder under ``tmp_path/plugins`` and return it."""
+    import json
+
+    root = tmp_path / "plugins"
+    root.mkdir(exist_ok=True)
+
+    def make(
+        name: str,
+        *,
+        folder: str | None = None,
+        manifest: str | None = None,
+        schema: Any = VALID_SCHEMA,
+        crew: str = "def build_crew(ctx):\n    raise NotImplementedError\n",
+        **overrides: Any,
+    ) -> Path:
+        path = root / (folder or name)
+        (path / "crew").mkdir(parents=True, exist_ok=True)
+        (path / "plugin.yaml").write_text(
+            manifest if manifest is not None else manifest_text(name, **overrides)
+        )
+        if schema is not None:
+            text = schema if isinstance(schema, str) else json.dumps(schema)
+            (path / "settings.schema.json").write_text(text)
+        (path / "crew" / "main.py").write_text(crew)
+        return path
+
+    make.root = root  # type: ignore[attr-defined]
+    return make
+
+
+def unique_email() -> str:
+    """An email address no other test uses."""
+    return f"user-{uuid.uuid4().hex[:10]}@example.com"
