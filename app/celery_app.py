@@ -1,0 +1,85 @@
+"""The Celery application: Redis broker, JSON only, late acks, our own logging.
+
+Configuration is added lazily (``add_defaults`` with a callable), so importing
+this module reads no settings; the first use of ``celery_app.conf`` does.
+Run state lives in PostgreSQL, so results are ignored. Nothing here imports
+CrewAI: beat, the consumer and the API import this module too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+
+from app.config import get_settings
+from app.streams import keys
+
+#: Queue of execute_run tasks; schedule_due_runs uses its own so a backlog of runs never delays a tick.
+RUNS_QUEUE = "runs"
+SCHEDULER_QUEUE = "scheduler"
+#: Extra seconds Celery's own hard limit allows past a plugin's timeout (our limit fires first).
+TIME_LIMIT_MARGIN_SECONDS = 60
+
+
+def _config() -> dict[str, Any]:
+    settings = get_settings()
+    hard_limit = settings.max_run_timeout_seconds + TIME_LIMIT_MARGIN_SECONDS
+    return {
+        "broker_url": settings.redis_url,
+        "broker_transport_options": {
+            # Every broker key under our prefix: tests and tenants never see each other's queues.
+            "global_keyprefix": keys.celery_prefix(),
+            # Longer than the longest run, or Redis would redeliver a task that is still running.
+            "visibility_timeout": hard_limit + 300,
+        },
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": hard_limit,
+        "task_soft_time_limit": hard_limit - 30,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_max_tasks_per_child": settings.worker_max_tasks_per_child,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "task_default_queue": RUNS_QUEUE,
+        "task_routes": {"app.tasks.schedule_due_runs": {"queue": SCHEDULER_QUEUE}},
+        "beat_schedule": {
+            "schedule-due-runs": {
+                "task": "app.tasks.schedule_due_runs",
+                "schedule": settings.scheduler_tick_seconds,
+                # A tick that could not run in time is pointless: the next one does the same work.
+                "options": {"expires": settings.scheduler_tick_seconds},
+            }
+        },
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+celery_app = Celery("first_sip", include=["app.tasks"])
+celery_app.add_defaults(_config)
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    # Connecting this signal stops Celery from configuring logging itself.
+    from app.logs import configure_logging
+
+    configure_logging()
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    # A forked pool child must not reuse the parent's database sockets.
+    from app.db.engine import dispose_engines
+
+    dispose_engines(close=False)

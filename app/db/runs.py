@@ -1,0 +1,250 @@
+"""Run state transitions: every change of ``plugin_runs.status`` goes through here.
+
+Each transition is one conditional UPDATE (compare-and-set), so any step may
+run twice and concurrent actors never both win:
+
+* :func:`claim` — pending/queued (due) or processing with an expired lease
+  -> processing, ``attempts + 1``. The new attempt number is the *fence*:
+  the worker passes it to every later call, and a worker whose lease was taken
+  over can no longer write (its UPDATEs match no row).
+* :func:`renew_lease` — extends the lease while the fenced attempt is alive.
+* :func:`complete` / :func:`fail` / :func:`retry_later` — end the fenced attempt.
+* :func:`cancel` — any non-terminal run -> cancelled; a running worker sees it
+  at its next heartbeat.
+* :func:`mark_queued` / :func:`fail_unless_terminal` — producer and dead letters.
+
+Functions take a session and never commit: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.db.models import TERMINAL_STATUSES, PluginRow, PluginRun, RunStatus
+
+_NON_TERMINAL = [RunStatus.PENDING, RunStatus.QUEUED, RunStatus.PROCESSING]
+_WAITING = [RunStatus.PENDING, RunStatus.QUEUED]
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """What a worker needs after a successful claim. ``attempt`` is its fence."""
+
+    run_id: uuid.UUID
+    attempt: int
+    plugin: str
+    user_id: int
+    input: dict[str, Any]
+    lease_expires_at: datetime
+
+
+def _as_uuid(run_id: uuid.UUID | str) -> uuid.UUID:
+    return run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
+
+
+def claim(
+    session: Session, run_id: uuid.UUID | str, *, now: datetime, lease_seconds: int
+) -> ClaimedRun | None:
+    """Move the run to ``processing`` if nobody else holds it; None if already handled.
+
+    Claimable: ``pending``/``queued`` whose ``next_attempt_at`` (if any) has come,
+    or ``processing`` whose lease has expired (its worker died).
+    """
+    rid = _as_uuid(run_id)
+    lease = now + timedelta(seconds=lease_seconds)
+    claimable = or_(
+        and_(
+            PluginRun.status.in_(_WAITING),
+            or_(PluginRun.next_attempt_at.is_(None), PluginRun.next_attempt_at <= now),
+        ),
+        and_(PluginRun.status == RunStatus.PROCESSING, PluginRun.lease_expires_at < now),
+    )
+    row = session.execute(
+        update(PluginRun)
+        .where(PluginRun.run_id == rid, claimable)
+        .values(
+            status=RunStatus.PROCESSING,
+            attempts=PluginRun.attempts + 1,
+            started_at=now,
+            lease_expires_at=lease,
+            next_attempt_at=None,
+            updated_at=now,
+        )
+        .returning(PluginRun.attempts, PluginRun.user_id, PluginRun.plugin_id, PluginRun.input)
+    ).one_or_none()
+    if row is None:
+        return None
+    plugin = session.scalar(select(PluginRow.name).where(PluginRow.id == row.plugin_id))
+    return ClaimedRun(rid, row.attempts, str(plugin), row.user_id, dict(row.input or {}), lease)
+
+
+def _fenced(run_id: uuid.UUID | str, attempt: int) -> Any:
+    return and_(
+        PluginRun.run_id == _as_uuid(run_id),
+        PluginRun.status == RunStatus.PROCESSING,
+        PluginRun.attempts == attempt,
+    )
+
+
+def renew_lease(
+    session: Session, run_id: uuid.UUID | str, *, attempt: int, now: datetime, lease_seconds: int
+) -> bool:
+    """Extend the lease of the fenced attempt; False if it was cancelled or taken over."""
+    result = session.execute(
+        update(PluginRun)
+        .where(_fenced(run_id, attempt))
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def complete(
+    session: Session, run_id: uuid.UUID | str, *, attempt: int, output: dict[str, Any], now: datetime
+) -> bool:
+    """Record success for the fenced attempt; False if it no longer owns the run."""
+    result = session.execute(
+        update(PluginRun)
+        .where(_fenced(run_id, attempt))
+        .values(
+            status=RunStatus.COMPLETED,
+            output=output,
+            error_message=None,
+            completed_at=now,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def fail(session: Session, run_id: uuid.UUID | str, *, attempt: int, error: str, now: datetime) -> bool:
+    """Record a permanent failure for the fenced attempt; False if it no longer owns the run."""
+    result = session.execute(
+        update(PluginRun)
+        .where(_fenced(run_id, attempt))
+        .values(
+            status=RunStatus.FAILED,
+            error_message=error,
+            completed_at=now,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def retry_later(
+    session: Session, run_id: uuid.UUID | str, *, attempt: int, error: str, at: datetime, now: datetime
+) -> bool:
+    """Put the fenced attempt back to ``pending`` until ``at`` (the outbox sweep republishes it)."""
+    result = session.execute(
+        update(PluginRun)
+        .where(_fenced(run_id, attempt))
+        .values(
+            status=RunStatus.PENDING,
+            error_message=error,
+            next_attempt_at=at,
+            lease_expires_at=None,
+            stream_id=None,
+            updated_at=now,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def cancel(session: Session, run_id: uuid.UUID | str, *, now: datetime, reason: str = "cancelled") -> bool:
+    """Cancel a non-terminal run; False if it had already ended."""
+    result = session.execute(
+        update(PluginRun)
+        .where(PluginRun.run_id == _as_uuid(run_id), PluginRun.status.in_(_NON_TERMINAL))
+        .values(
+            status=RunStatus.CANCELLED,
+            error_message=reason,
+            completed_at=now,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def fail_unless_terminal(session: Session, run_id: uuid.UUID | str, *, error: str, now: datetime) -> bool:
+    """Mark any non-terminal run ``failed`` with ``error`` (dead letters); False if already terminal."""
+    result = session.execute(
+        update(PluginRun)
+        .where(PluginRun.run_id == _as_uuid(run_id), PluginRun.status.in_(_NON_TERMINAL))
+        .values(
+            status=RunStatus.FAILED,
+            error_message=error,
+            completed_at=now,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def mark_queued(session: Session, entries: Iterable[tuple[uuid.UUID, str]], *, now: datetime) -> int:
+    """Record the stream entry id of each published run and move pending ones to ``queued``.
+
+    Runs already processing or terminal keep their status (a duplicate publish
+    is harmless). Returns how many rows changed.
+    """
+    params = [{"rid": rid, "sid": sid} for rid, sid in entries]
+    if not params:
+        return 0
+    stmt = (
+        update(PluginRun.__table__)  # type: ignore[arg-type]
+        .where(
+            PluginRun.__table__.c.run_id == bindparam("rid"),
+            PluginRun.__table__.c.status.in_(_WAITING),
+        )
+        .values(status=RunStatus.QUEUED, stream_id=bindparam("sid"), queued_at=now, updated_at=now)
+    )
+    result = session.connection().execute(stmt, params)
+    return int(result.rowcount)
+
+
+@dataclass(frozen=True)
+class RunState:
+    """The part of a run the stream consumer needs to decide about an entry."""
+
+    run_id: uuid.UUID
+    status: RunStatus
+    lease_expires_at: datetime | None
+    next_attempt_at: datetime | None
+
+    def lease_alive(self, now: datetime) -> bool:
+        """True if a worker holds the run and its lease has not expired."""
+        return (
+            self.status == RunStatus.PROCESSING
+            and self.lease_expires_at is not None
+            and self.lease_expires_at > now
+        )
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the run is completed, failed or cancelled."""
+        return self.status in TERMINAL_STATUSES
+
+
+def states(session: Session, run_ids: Iterable[uuid.UUID | str]) -> dict[uuid.UUID, RunState]:
+    """The current state of each named run that exists (missing ids are absent)."""
+    ids = [_as_uuid(r) for r in run_ids]
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(
+            PluginRun.run_id, PluginRun.status, PluginRun.lease_expires_at, PluginRun.next_attempt_at
+        ).where(PluginRun.run_id.in_(ids))
+    )
+    return {
+        r.run_id: RunState(r.run_id, RunStatus(r.status), r.lease_expires_at, r.next_attempt_at) for r in rows
+    }

@@ -1,0 +1,41 @@
+"""Redis connections, one pool per process (re-created after a fork)."""
+
+from __future__ import annotations
+
+import os
+
+import redis
+
+from app.config import get_settings
+
+_clients: dict[tuple[int, str, bool], redis.Redis] = {}
+
+
+def get_redis(*, decode_responses: bool = True) -> redis.Redis:
+    """The process's client for ``REDIS_URL``.
+
+    Keyed by pid so a forked child never shares its parent's sockets. Socket
+    timeouts are set so a dead server surfaces as an error instead of a hang;
+    blocking reads pass their own longer timeout.
+    """
+    url = get_settings().redis_url
+    key = (os.getpid(), url, decode_responses)
+    client = _clients.get(key)
+    if client is None:
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=decode_responses,
+            socket_connect_timeout=5,
+            socket_timeout=30,
+            health_check_interval=30,
+            retry_on_timeout=False,
+        )
+        _clients[key] = client
+    return client
+
+
+def reset_clients() -> None:
+    """Forget every client (tests switching REDIS_URL, or after a fork)."""
+    for client in _clients.values():
+        client.close()
+    _clients.clear()

@@ -1,0 +1,38 @@
+"""Celery tasks. Thin: the logic lives in the service modules they call.
+
+``execute_run`` imports the execution service (and so CrewAI) only when it
+runs, so importing this module stays cheap for beat, the consumer and the API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.celery_app import celery_app
+
+
+@celery_app.task(name="app.tasks.execute_run", acks_late=True, ignore_result=True)
+def execute_run(
+    run_id: str,
+    *,
+    plugin: str | None = None,
+    stream: str | None = None,
+    group: str | None = None,
+    entry_id: str | None = None,
+) -> dict[str, Any]:
+    """Run ``run_id`` at most once to a terminal state, then XACK its stream entry if named.
+
+    ``plugin`` is informational (visible in Flower); the run row is authoritative.
+    A duplicate delivery is a no-op.
+    """
+    from app.execution.worker import execute
+
+    return execute(run_id, plugin=plugin, stream=stream, group=group, entry_id=entry_id)
+
+
+@celery_app.task(name="app.tasks.schedule_due_runs", ignore_result=True)
+def schedule_due_runs() -> dict[str, int]:
+    """One scheduler tick: create due runs, publish them, sweep the outbox."""
+    from app.scheduler import tick
+
+    return tick()
