@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from app.commands import db, plugins
+from app.commands import db, plugins, runs, status, users
 
 cli = typer.Typer(
     name="first-sip",
@@ -19,6 +19,11 @@ cli = typer.Typer(
 )
 cli.add_typer(plugins.app, name="plugins")
 cli.add_typer(db.app, name="db")
+cli.add_typer(users.app, name="users")
+cli.add_typer(runs.app, name="runs")
+cli.command("configure")(runs.configure)
+cli.command("run")(runs.run)
+cli.command("status")(status.status)
 
 
 def main() -> None:

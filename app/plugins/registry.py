@@ -9,7 +9,6 @@ a ``default_config`` that validates against it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,13 @@ from jsonschema.exceptions import SchemaError
 from app.errors import PluginError, Problem
 from app.plugins.manifest import MANIFEST_FILE, PluginManifest, load_manifest
 from app.plugins.paths import PathEscapeError, resolve_inside
+from app.plugins.settings import (
+    SettingsSpec,
+    compile_validator,
+    effective_settings,
+    fingerprint,
+    validation_issues,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +52,14 @@ class Plugin:
     @property
     def schema_fingerprint(self) -> str:
         """A short stable hash of the settings schema: changes when the schema changes."""
-        canonical = json.dumps(self.settings_schema, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return fingerprint(self.settings_schema)
+
+    @property
+    def spec(self) -> SettingsSpec:
+        """What settings validation needs from this plugin."""
+        return SettingsSpec(
+            self.name, self.settings_schema, dict(self.manifest.default_config), self.validator
+        )
 
 
 @dataclass
@@ -102,8 +114,6 @@ def _schema_problems(schema: Any, schema_file: str) -> list[Problem]:
 
 def load_plugin(folder: Path) -> Plugin:
     """Load and fully validate the plugin in ``folder``; raise :class:`PluginError` if invalid."""
-    from app.plugins.settings import effective_settings, validation_issues  # settings imports Plugin
-
     manifest = load_manifest(folder)
     manifest_file = str(folder / MANIFEST_FILE)
     schema = _load_schema(folder, manifest, manifest_file)
@@ -123,7 +133,7 @@ def load_plugin(folder: Path) -> Plugin:
         manifest,
         folder,
         schema,
-        Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER),
+        compile_validator(schema),
     )
     # default_config is checked as it will be used: merged over the schema's defaults.
     issues = validation_issues(plugin, effective_settings(plugin, None))

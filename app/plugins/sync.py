@@ -3,7 +3,9 @@
 Guarantees: idempotent (a second sync with no change on disk changes
 nothing); new plugins are inserted, changed ones updated; a plugin whose folder
 is gone (or no longer loads) is disabled with the reason, never deleted, so its
-runs keep their history. A plugin that comes back is enabled again.
+runs keep their history. A plugin that comes back is enabled again. Configs
+saved under an older settings schema are revalidated, migrated or disabled
+(:mod:`app.plugins.evolution`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.models import PluginRow
+from app.plugins.evolution import EvolutionReport, reconcile_configs
 from app.plugins.registry import Plugin, Registry
 
 GONE_REASON = "plugin folder missing or invalid at last sync"
@@ -29,11 +32,21 @@ class SyncReport:
     enabled: list[str] = field(default_factory=list)
     disabled: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    configs: EvolutionReport = field(default_factory=EvolutionReport)
 
     @property
     def changed(self) -> bool:
         """True if the sync wrote anything."""
-        return bool(self.inserted or self.updated or self.enabled or self.disabled)
+        c = self.configs
+        return bool(
+            self.inserted
+            or self.updated
+            or self.enabled
+            or self.disabled
+            or c.migrated
+            or c.disabled
+            or c.revalidated
+        )
 
     def lines(self) -> list[str]:
         """One human-readable line per change."""
@@ -43,6 +56,9 @@ class SyncReport:
             ("updated", self.updated),
             ("re-enabled", self.enabled),
             ("disabled", self.disabled),
+            ("config revalidated", self.configs.revalidated),
+            ("config migrated", self.configs.migrated),
+            ("config disabled", self.configs.disabled),
         ):
             out.extend(f"{label}: {name}" for name in names)
         return out or ["no changes"]
@@ -85,6 +101,7 @@ def sync_plugins(session: Session, registry: Registry) -> SyncReport:
             report.updated.append(name)
         else:
             report.unchanged.append(name)
+        reconcile_configs(session, row, plugin, report.configs)
     for name, row in sorted(rows.items()):
         if name not in registry.plugins and row.enabled:
             row.enabled, row.disabled_reason = False, GONE_REASON

@@ -1,0 +1,395 @@
+"""The Python API: users, plugin configuration, runs and dead letters.
+
+Every function opens and closes its own session and returns plain dataclasses;
+no ORM object leaves this module. Errors are typed (:mod:`app.errors`):
+unknown user/plugin/run -> :class:`NotFoundError`, disabled plugin ->
+:class:`PluginDisabledError`, bad settings -> :class:`SettingsValidationError`
+(validated *before* anything is saved), bad state -> :class:`RunStateError`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db import runs as run_states
+from app.db.engine import session_scope
+from app.db.models import (
+    TERMINAL_STATUSES,
+    PluginRow,
+    PluginRun,
+    RunStatus,
+    Trigger,
+    User,
+    UserPluginConfig,
+    utcnow,
+)
+from app.errors import FirstSipError, NotFoundError, PluginDisabledError, RunStateError
+from app.plugins.settings import spec_from_row, validate_settings
+from app.scheduling import ScheduleError, next_run_at, zone
+
+
+class AlreadyExistsError(FirstSipError):
+    """A user with that email already exists."""
+
+
+class WaitTimeoutError(FirstSipError):
+    """A run did not reach a terminal state within the wait timeout."""
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    id: int
+    email: str
+    timezone: str
+
+
+@dataclass(frozen=True)
+class ConfigInfo:
+    user_id: int
+    plugin: str
+    settings: dict[str, Any]
+    enabled: bool
+    next_run_at: datetime | None
+    disabled_reason: str | None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: uuid.UUID
+    user_id: int
+    plugin: str
+    trigger: str
+    status: RunStatus
+    scheduled_for: datetime | None
+    input: dict[str, Any]
+    output: dict[str, Any] | None
+    error_message: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the run is completed, failed or cancelled."""
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def content(self) -> str | None:
+        """The run's final content (the digest), if it completed."""
+        return (self.output or {}).get("content")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        data = dict(self.__dict__)
+        data["run_id"] = str(self.run_id)
+        data["status"] = self.status.value
+        return data
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def _user(session: Session, user_id: int) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFoundError(f"no user with id {user_id}")
+    return user
+
+
+def _plugin(session: Session, name: str) -> PluginRow:
+    row = session.scalars(select(PluginRow).where(PluginRow.name == name)).one_or_none()
+    if row is None:
+        raise NotFoundError(f"no plugin named {name!r} (run 'first-sip plugins sync'?)")
+    if not row.enabled:
+        raise PluginDisabledError(f"plugin {name!r} is disabled: {row.disabled_reason or 'by an operator'}")
+    return row
+
+
+def _run_info(run: PluginRun, plugin: str) -> RunInfo:
+    return RunInfo(
+        run_id=run.run_id,
+        user_id=run.user_id,
+        plugin=plugin,
+        trigger=run.trigger,
+        status=RunStatus(run.status),
+        scheduled_for=run.scheduled_for,
+        input=dict(run.input or {}),
+        output=run.output,
+        error_message=run.error_message,
+        attempts=run.attempts,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        completed_at=run.completed_at,
+    )
+
+
+def _parse_run_id(run_id: uuid.UUID | str) -> uuid.UUID:
+    try:
+        return run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
+    except ValueError as exc:
+        raise NotFoundError(f"{run_id!r} is not a run id (expected a UUID)") from exc
+
+
+def _config_info(config: UserPluginConfig, plugin: str) -> ConfigInfo:
+    return ConfigInfo(
+        config.user_id,
+        plugin,
+        dict(config.settings),
+        config.enabled,
+        config.next_run_at,
+        config.disabled_reason,
+    )
+
+
+def schedule_next(
+    plugin: PluginRow, settings: dict[str, Any], timezone: str, *, now: datetime
+) -> datetime | None:
+    """When a config of ``plugin`` with ``settings`` is next due, or None if never scheduled."""
+    if "scheduled" not in (plugin.capabilities or []):
+        return None
+    return next_run_at(validate_settings(spec_from_row(plugin), settings), timezone, after=now)
+
+
+# ---- users --------------------------------------------------------------------------------
+
+
+def create_user(email: str, timezone: str = "UTC") -> UserInfo:
+    """Create a user; the time zone must be an IANA name. Emails are unique (case-insensitive)."""
+    email = email.strip().lower()
+    if "@" not in email or len(email) > 320:
+        raise ValueError(f"not an email address: {email!r}")
+    try:
+        zone(timezone)
+    except ScheduleError as exc:
+        raise ValueError(str(exc)) from exc
+    try:
+        with session_scope() as session:
+            user = User(email=email, timezone=timezone)
+            session.add(user)
+            session.flush()
+            return UserInfo(user.id, user.email, user.timezone)
+    except IntegrityError as exc:
+        raise AlreadyExistsError(f"a user with email {email!r} already exists") from exc
+
+
+def get_user(user_id: int) -> UserInfo:
+    """The user ``user_id``."""
+    with session_scope() as session:
+        user = _user(session, user_id)
+        return UserInfo(user.id, user.email, user.timezone)
+
+
+def find_user(email_or_id: str) -> UserInfo:
+    """A user by numeric id or email (CLI convenience)."""
+    if email_or_id.isdigit():
+        return get_user(int(email_or_id))
+    with session_scope() as session:
+        user = session.scalars(select(User).where(User.email == email_or_id.strip().lower())).one_or_none()
+        if user is None:
+            raise NotFoundError(f"no user with email {email_or_id!r}")
+        return UserInfo(user.id, user.email, user.timezone)
+
+
+def set_timezone(user_id: int, timezone: str) -> UserInfo:
+    """Change a user's time zone and recompute the next run of each of their enabled configs."""
+    zone(timezone)
+    now = utcnow()
+    with session_scope() as session:
+        user = _user(session, user_id)
+        user.timezone = timezone
+        rows = session.execute(
+            select(UserPluginConfig, PluginRow)
+            .join(PluginRow, PluginRow.id == UserPluginConfig.plugin_id)
+            .where(UserPluginConfig.user_id == user_id, UserPluginConfig.enabled)
+        )
+        for config, plugin in rows:
+            config.next_run_at = schedule_next(plugin, dict(config.settings), timezone, now=now)
+        return UserInfo(user.id, user.email, user.timezone)
+
+
+# ---- configuration ------------------------------------------------------------------------
+
+
+def configure_plugin(
+    user_id: int, plugin: str, settings: dict[str, Any] | None, *, enabled: bool = True
+) -> ConfigInfo:
+    """Validate ``settings`` against the plugin's schema, then save them (never the reverse).
+
+    Enabling or changing settings recomputes ``next_run_at``. Raises
+    :class:`SettingsValidationError` with every error; nothing is saved then.
+    """
+    now = utcnow()
+    with session_scope() as session:
+        user = _user(session, user_id)
+        row = _plugin(session, plugin)
+        validate_settings(spec_from_row(row), settings or {})
+        config = session.scalars(
+            select(UserPluginConfig).where(
+                UserPluginConfig.user_id == user_id, UserPluginConfig.plugin_id == row.id
+            )
+        ).one_or_none()
+        if config is None:
+            config = UserPluginConfig(user_id=user_id, plugin_id=row.id)
+            session.add(config)
+        config.settings = dict(settings or {})
+        config.plugin_version = row.version
+        config.schema_fingerprint = row.schema_fingerprint
+        config.enabled = enabled
+        config.disabled_reason = None
+        config.next_run_at = schedule_next(row, config.settings, user.timezone, now=now) if enabled else None
+        session.flush()
+        return _config_info(config, row.name)
+
+
+def get_config(user_id: int, plugin: str) -> ConfigInfo:
+    """The user's configuration of ``plugin``."""
+    with session_scope() as session:
+        row = session.scalars(select(PluginRow).where(PluginRow.name == plugin)).one_or_none()
+        config = None
+        if row is not None:
+            config = session.scalars(
+                select(UserPluginConfig).where(
+                    UserPluginConfig.user_id == user_id, UserPluginConfig.plugin_id == row.id
+                )
+            ).one_or_none()
+        if row is None or config is None:
+            raise NotFoundError(f"user {user_id} has not configured plugin {plugin!r}")
+        return _config_info(config, row.name)
+
+
+# ---- runs ---------------------------------------------------------------------------------
+
+
+def trigger_run(
+    user_id: int,
+    plugin: str,
+    settings: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> RunInfo:
+    """Create a manual run and publish it at once.
+
+    The run's input is the user's saved settings overlaid with ``settings``,
+    validated. The same ``idempotency_key`` (per user) returns the same run.
+    """
+    from app.outbox import publish_run_ids
+
+    now = utcnow()
+    with session_scope() as session:
+        _user(session, user_id)
+        row = _plugin(session, plugin)
+        if idempotency_key is not None:
+            existing = session.scalars(
+                select(PluginRun).where(
+                    PluginRun.user_id == user_id, PluginRun.idempotency_key == idempotency_key
+                )
+            ).one_or_none()
+            if existing is not None:
+                return _run_info(existing, row.name)
+        saved = session.scalars(
+            select(UserPluginConfig.settings).where(
+                UserPluginConfig.user_id == user_id, UserPluginConfig.plugin_id == row.id
+            )
+        ).one_or_none()
+        effective = validate_settings(spec_from_row(row), {**(saved or {}), **(settings or {})})
+        run = PluginRun(
+            run_id=uuid.uuid4(),
+            user_id=user_id,
+            plugin_id=row.id,
+            trigger=Trigger.MANUAL,
+            status=RunStatus.PENDING,
+            input=effective,
+            idempotency_key=idempotency_key,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(run)
+        try:
+            session.flush()
+        except IntegrityError:
+            # A concurrent call with the same key won the insert: return its run.
+            session.rollback()
+            return trigger_run(user_id, plugin, settings, idempotency_key)
+        run_id = run.run_id
+    publish_run_ids([run_id], now=now)  # after commit: the row exists before any message names it
+    return get_run(run_id)
+
+
+def get_run(run_id: uuid.UUID | str) -> RunInfo:
+    """The run ``run_id``."""
+    rid = _parse_run_id(run_id)
+    with session_scope() as session:
+        found = session.execute(
+            select(PluginRun, PluginRow.name)
+            .join(PluginRow, PluginRow.id == PluginRun.plugin_id)
+            .where(PluginRun.run_id == rid)
+        ).one_or_none()
+        if found is None:
+            raise NotFoundError(f"no run {rid}")
+        return _run_info(found[0], found[1])
+
+
+def wait_for_run(run_id: uuid.UUID | str, timeout: float = 300.0, *, poll: float = 0.05) -> RunInfo:
+    """Block until the run is terminal and return it; raises :class:`WaitTimeoutError`."""
+    deadline = time.monotonic() + timeout
+    delay = poll
+    while True:
+        info = get_run(run_id)
+        if info.is_terminal:
+            return info
+        if time.monotonic() >= deadline:
+            raise WaitTimeoutError(f"run {info.run_id} still {info.status.value} after {timeout:.0f}s")
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 1.0)
+
+
+def list_runs(
+    *,
+    user_id: int | None = None,
+    plugin: str | None = None,
+    status: RunStatus | str | None = None,
+    limit: int = 50,
+    before: datetime | None = None,
+) -> list[RunInfo]:
+    """Runs, newest first, filtered; page with ``before`` = the last ``created_at`` seen."""
+    if not 1 <= limit <= 1000:
+        raise ValueError("limit must be between 1 and 1000")
+    if status is not None:
+        try:
+            status = RunStatus(status)
+        except ValueError as exc:
+            raise ValueError(
+                f"unknown status {status!r}; one of {', '.join(s.value for s in RunStatus)}"
+            ) from exc
+    stmt = select(PluginRun, PluginRow.name).join(PluginRow, PluginRow.id == PluginRun.plugin_id)
+    if user_id is not None:
+        stmt = stmt.where(PluginRun.user_id == user_id)
+    if plugin is not None:
+        stmt = stmt.where(PluginRow.name == plugin)
+    if status is not None:
+        stmt = stmt.where(PluginRun.status == status)
+    if before is not None:
+        stmt = stmt.where(PluginRun.created_at < before)
+    stmt = stmt.order_by(PluginRun.created_at.desc(), PluginRun.id.desc()).limit(limit)
+    with session_scope() as session:
+        return [_run_info(run, name) for run, name in session.execute(stmt)]
+
+
+def cancel_run(run_id: uuid.UUID | str) -> RunInfo:
+    """Cancel a run that has not ended; a running one stops at its worker's next heartbeat."""
+    rid = _parse_run_id(run_id)
+    with session_scope() as session:
+        if not run_states.cancel(session, rid, now=utcnow(), reason="cancelled by request"):
+            current = session.scalar(select(PluginRun.status).where(PluginRun.run_id == rid))
+            if current is None:
+                raise NotFoundError(f"no run {rid}")
+            raise RunStateError(f"run {rid} is already {current}; only unfinished runs can be cancelled")
+    return get_run(rid)

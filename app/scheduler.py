@@ -1,0 +1,214 @@
+"""The beat's one periodic task: turn due schedules into runs, publish them, sweep the outbox.
+
+Guarantees:
+
+* Cost per tick follows what is due: configs are found through the partial
+  index on ``next_run_at`` of enabled rows, in batches, never by scanning users.
+* Two ticks at once never create duplicate runs: due rows are locked with
+  ``FOR UPDATE SKIP LOCKED`` (PostgreSQL) and runs are inserted with
+  ``ON CONFLICT (config_id, scheduled_for) DO NOTHING``.
+* Rows are committed before anything is published; a crash between the two
+  loses nothing, because :mod:`app.outbox` re-publishes pending rows.
+* After downtime each config gets one run (the latest missed slot); a slot
+  older than ``CATCHUP_GRACE_SECONDS`` is skipped and counted.
+* A run is never created with settings that fail the plugin's current schema:
+  such a config is disabled with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+from app.db.engine import session_scope
+from app.db.models import PluginRow, PluginRun, RunStatus, Trigger, User, UserPluginConfig, utcnow
+from app.errors import SettingsValidationError
+from app.plugins.settings import effective_settings, spec_from_row, validate_settings
+from app.scheduling import ScheduleError, latest_slot, next_after, parse_schedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TickReport:
+    """What one tick did (logged, and returned by the Celery task)."""
+
+    created: int = 0
+    duplicates: int = 0
+    skipped_stale: int = 0
+    coalesced: int = 0
+    disabled: int = 0
+    published: int = 0
+    republished: int = 0
+    batches: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        """Counters only (JSON-friendly)."""
+        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+
+
+@dataclass(frozen=True)
+class _Due:
+    config_id: int
+    user_id: int
+    plugin: PluginRow
+    settings: dict[str, Any]
+    fingerprint: str
+    timezone: str
+    next_run_at: datetime
+
+
+def _due_batch(session: Session, *, now: datetime, limit: int) -> list[_Due]:
+    stmt = (
+        select(UserPluginConfig, PluginRow, User.timezone)
+        .join(PluginRow, PluginRow.id == UserPluginConfig.plugin_id)
+        .join(User, User.id == UserPluginConfig.user_id)
+        .where(UserPluginConfig.enabled, PluginRow.enabled, UserPluginConfig.next_run_at <= now)
+        .order_by(UserPluginConfig.next_run_at)
+        .limit(limit)
+        # Another tick holding some rows just makes this one take the others.
+        .with_for_update(skip_locked=True, of=UserPluginConfig)
+    )
+    return [
+        _Due(c.id, c.user_id, p, dict(c.settings), c.schema_fingerprint, tz, c.next_run_at or now)
+        for c, p, tz in session.execute(stmt)
+    ]
+
+
+def _insert_runs(session: Session, rows: list[dict[str, Any]]) -> list[tuple[uuid.UUID, int]]:
+    if not rows:
+        return []
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = (
+        insert(PluginRun)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["config_id", "scheduled_for"])
+        .returning(PluginRun.run_id, PluginRun.config_id)
+    )
+    return [(r.run_id, r.config_id) for r in session.execute(stmt)]
+
+
+def _plan(
+    item: _Due, *, now: datetime, grace: timedelta, report: TickReport
+) -> tuple[dict[str, Any] | None, Any]:
+    """Decide one due config: (run row or None, new next_run_at or a disable reason string)."""
+    capabilities = item.plugin.capabilities or []
+    if "scheduled" not in capabilities:
+        return None, None  # never scheduled; clear next_run_at
+    spec = spec_from_row(item.plugin)
+    try:
+        if item.fingerprint == item.plugin.schema_fingerprint:
+            effective = effective_settings(spec, item.settings)  # validated against this schema at save
+        else:
+            effective = validate_settings(spec, item.settings)
+        schedule = parse_schedule(effective, item.timezone)
+    except (SettingsValidationError, ScheduleError) as exc:
+        return None, f"settings no longer valid for {item.plugin.name} {item.plugin.version}: {exc}"
+    slot, coalesced = latest_slot(schedule, due=item.next_run_at, now=now)
+    report.coalesced += coalesced
+    following = next_after(schedule, now)
+    if now - slot > grace:
+        report.skipped_stale += 1
+        return None, following
+    row = {
+        "run_id": uuid.uuid4(),
+        "user_id": item.user_id,
+        "plugin_id": item.plugin.id,
+        "config_id": item.config_id,
+        "trigger": Trigger.SCHEDULE.value,
+        "scheduled_for": slot,
+        "status": RunStatus.PENDING.value,
+        "input": effective,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+    return row, following
+
+
+def _schedule_batch(
+    *, now: datetime, limit: int, grace: timedelta, report: TickReport
+) -> tuple[int, list[uuid.UUID]]:
+    """Lock, plan and commit one batch; returns (configs handled, run ids created)."""
+    with session_scope() as session:
+        due = _due_batch(session, now=now, limit=limit)
+        if not due:
+            return 0, []
+        runs: list[dict[str, Any]] = []
+        advances: list[dict[str, Any]] = []
+        disables: list[dict[str, Any]] = []
+        for item in due:
+            row, outcome = _plan(item, now=now, grace=grace, report=report)
+            if isinstance(outcome, str):
+                disables.append({"cid": item.config_id, "reason": outcome})
+                log.warning("config disabled", extra={"config_id": item.config_id, "reason": outcome})
+                continue
+            advances.append({"cid": item.config_id, "next": outcome})
+            if row is not None:
+                runs.append(row)
+        created = _insert_runs(session, runs)
+        report.duplicates += len(runs) - len(created)
+        report.disabled += len(disables)
+        # Core UPDATEs with executemany: one round trip per batch, not one per config.
+        table = UserPluginConfig.__table__
+        if advances:
+            session.connection().execute(
+                update(table)  # type: ignore[arg-type]
+                .where(table.c.id == bindparam("cid"))
+                .values(next_run_at=bindparam("next")),
+                advances,
+            )
+        if disables:
+            session.connection().execute(
+                update(table)  # type: ignore[arg-type]
+                .where(table.c.id == bindparam("cid"))
+                .values(enabled=False, disabled_reason=bindparam("reason"), next_run_at=None),
+                disables,
+            )
+    return len(due), [run_id for run_id, _ in created]
+
+
+def schedule_due(*, now: datetime | None = None, batch_size: int | None = None) -> TickReport:
+    """Create and publish runs for every due schedule, batch by batch, until none is due."""
+    from app.outbox import publish_run_ids
+
+    settings = get_settings()
+    now = now or utcnow()
+    limit = batch_size or settings.scheduler_batch_size
+    grace = timedelta(seconds=settings.catchup_grace_seconds)
+    report = TickReport()
+    while True:
+        handled, run_ids = _schedule_batch(now=now, limit=limit, grace=grace, report=report)
+        if not handled:
+            break
+        report.batches += 1
+        report.created += len(run_ids)
+        # Committed first, published second: the outbox sweep covers a crash in between.
+        report.published += publish_run_ids(run_ids, now=now)
+        if handled < limit:
+            break
+    return report
+
+
+def tick(*, now: datetime | None = None) -> dict[str, int]:
+    """One beat tick: due schedules, then the outbox sweep. Returns the counters."""
+    from app.outbox import sweep
+
+    now = now or utcnow()
+    report = schedule_due(now=now)
+    report.republished = sweep(now=now)
+    counters = report.as_dict()
+    if report.created or report.republished or report.skipped_stale or report.disabled:
+        log.info("scheduler tick", extra=counters)
+    return counters

@@ -1,0 +1,95 @@
+"""The operator's view of the pipeline, per plugin (``first-sip status``).
+
+Reads only: stream length, pending entries, the oldest pending entry's idle
+time, consumer-group lag, dead letters, runs by status in the last 24 hours,
+and the schedule lag (now minus the oldest due ``next_run_at``). A missing
+stream or group reads as zero; Redis being down is reported, not raised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import redis
+from sqlalchemy import func, select
+
+from app.db.engine import session_scope
+from app.db.models import PluginRow, PluginRun, UserPluginConfig, utcnow
+from app.redis_client import get_redis
+from app.streams import keys
+
+
+@dataclass
+class PluginStatus:
+    plugin: str
+    enabled: bool
+    stream_length: int = 0
+    pending: int = 0
+    oldest_pending_idle_seconds: float | None = None
+    group_lag: int | None = None
+    dead_letters: int = 0
+    runs_24h: dict[str, int] = field(default_factory=dict)
+    schedule_lag_seconds: float | None = None
+    redis_error: str | None = None
+
+
+def _stream_figures(client: redis.Redis, status: PluginStatus) -> None:
+    stream = keys.stream(status.plugin)
+    try:
+        status.stream_length = int(client.xlen(stream))
+        status.dead_letters = int(client.xlen(keys.dead_letters(status.plugin)))
+        if not status.stream_length:
+            return
+        groups = {g["name"]: g for g in client.xinfo_groups(stream)}
+        group = groups.get(keys.GROUP)
+        if group is None:
+            return
+        status.pending = int(group.get("pending", 0))
+        lag = group.get("lag")
+        status.group_lag = int(lag) if lag is not None else None
+        if status.pending:
+            oldest = client.xpending_range(stream, keys.GROUP, min="-", max="+", count=1)
+            if oldest:
+                status.oldest_pending_idle_seconds = int(oldest[0]["time_since_delivered"]) / 1000.0
+    except redis.ResponseError as exc:
+        if "no such key" not in str(exc).lower():
+            status.redis_error = str(exc)
+    except redis.RedisError as exc:
+        status.redis_error = f"Redis unavailable: {exc}"
+
+
+def pipeline_status(*, now: datetime | None = None) -> list[PluginStatus]:
+    """One :class:`PluginStatus` per plugin known to the database."""
+    now = now or utcnow()
+    with session_scope() as session:
+        plugins = session.execute(
+            select(PluginRow.id, PluginRow.name, PluginRow.enabled).order_by(PluginRow.name)
+        ).all()
+        counts = session.execute(
+            select(PluginRun.plugin_id, PluginRun.status, func.count())
+            .where(PluginRun.created_at >= now - timedelta(hours=24))
+            .group_by(PluginRun.plugin_id, PluginRun.status)
+        ).all()
+        oldest_due = dict(
+            session.execute(
+                select(UserPluginConfig.plugin_id, func.min(UserPluginConfig.next_run_at))
+                .where(UserPluginConfig.enabled, UserPluginConfig.next_run_at <= now)
+                .group_by(UserPluginConfig.plugin_id)
+            ).all()
+        )
+    by_plugin: dict[int, dict[str, int]] = {}
+    for plugin_id, run_status, count in counts:
+        by_plugin.setdefault(plugin_id, {})[run_status] = count
+    client = get_redis()
+    result = []
+    for plugin_id, name, enabled in plugins:
+        item = PluginStatus(plugin=name, enabled=enabled, runs_24h=by_plugin.get(plugin_id, {}))
+        due = oldest_due.get(plugin_id)
+        if due is not None:
+            if due.tzinfo is None:  # SQLite aggregates lose the zone
+                due = due.replace(tzinfo=UTC)
+            item.schedule_lag_seconds = max(0.0, (now - due).total_seconds())
+        _stream_figures(client, item)
+        result.append(item)
+    return result
