@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from app.commands import db, plugins, runs, status, users
+from app.commands import db, ops, plugins, runs, status, users
 
 cli = typer.Typer(
     name="first-sip",
@@ -24,6 +24,8 @@ cli.add_typer(runs.app, name="runs")
 cli.command("configure")(runs.configure)
 cli.command("run")(runs.run)
 cli.command("status")(status.status)
+cli.command("release")(ops.release)
+cli.command("flower")(ops.flower)
 
 
 def main() -> None:

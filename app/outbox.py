@@ -25,8 +25,8 @@ from app.config import get_settings
 from app.db.engine import session_scope
 from app.db.models import PluginRow, PluginRun, RunStatus
 from app.redis_client import get_redis
-from app.streams import keys
-from app.streams.producer import OutboxRun, publish_runs
+from app.streams import keys, producer
+from app.streams.producer import RunRef
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 SWEEP_LIMIT = 5000
 
 
-def _outbox_rows(session: Session, where: object, limit: int) -> list[tuple[OutboxRun, str, str | None]]:
+def _outbox_rows(session: Session, where: object, limit: int) -> list[tuple[RunRef, str, str | None]]:
     stmt = (
         select(
             PluginRun.run_id,
@@ -51,7 +51,7 @@ def _outbox_rows(session: Session, where: object, limit: int) -> list[tuple[Outb
     )
     return [
         (
-            OutboxRun(run_id=r.run_id, plugin=r.name, user_id=r.user_id, attempt=r.attempts + 1),
+            RunRef(r.run_id, r.name, r.user_id, r.attempts + 1),
             r.status,
             r.stream_id,
         )
@@ -64,11 +64,10 @@ def publish_run_ids(run_ids: Sequence[uuid.UUID], *, now: datetime) -> int:
     if not run_ids:
         return 0
     with session_scope() as session:
-        rows = _outbox_rows(session, PluginRun.run_id.in_(list(run_ids)), len(run_ids))
-    return publish_runs([run for run, _, _ in rows], now=now)
+        return len(producer.publish_run_ids(session, run_ids, now=now))
 
 
-def _entries_alive(candidates: list[tuple[OutboxRun, str, str | None]]) -> list[bool]:
+def _entries_alive(candidates: list[tuple[RunRef, str, str | None]]) -> list[bool]:
     client = get_redis()
     pipe = client.pipeline(transaction=False)
     for run, _, stream_id in candidates:
@@ -102,6 +101,7 @@ def sweep(*, now: datetime, limit: int = SWEEP_LIMIT) -> int:
     to_publish = [run for run, _, _ in pending + lost]
     if not to_publish:
         return 0
-    published = publish_runs(to_publish, now=now)
+    with session_scope() as session:
+        published = len(producer.publish_runs(session, to_publish, now=now))
     log.info("outbox sweep re-published runs", extra={"pending": len(pending), "lost_entries": len(lost)})
     return published

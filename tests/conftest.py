@@ -112,6 +112,19 @@ def redis_client(redis_session: redis.Redis) -> redis.Redis:
     return redis_session
 
 
+@pytest.fixture
+def setenv(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Set environment variables for this test and re-read settings."""
+    from app.config import get_settings
+
+    def apply(**values: str) -> None:
+        for key, value in values.items():
+            monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+
+    return apply
+
+
 @pytest.fixture(autouse=True)
 def _fresh_settings() -> Iterator[None]:
     from app.config import get_settings

@@ -30,7 +30,9 @@ def plugin(db, redis_client, make_plugin):  # type: ignore[no-untyped-def]
     return "sched-plugin"
 
 
-def _user_with_config(plugin: str, *, tz: str = "UTC", at: str = "06:00", next_run: datetime | None = T0) -> int:
+def _user_with_config(
+    plugin: str, *, tz: str = "UTC", at: str = "06:00", next_run: datetime | None = T0
+) -> int:
     user = api.create_user(unique_email(), tz)
     api.configure_plugin(user.id, plugin, {"preferred_time": at})
     if next_run is not None:
@@ -40,7 +42,9 @@ def _user_with_config(plugin: str, *, tz: str = "UTC", at: str = "06:00", next_r
 
 def _set_next_run(user_id: int, when: datetime | None) -> None:
     with session_scope() as session:
-        session.execute(update(UserPluginConfig).where(UserPluginConfig.user_id == user_id).values(next_run_at=when))
+        session.execute(
+            update(UserPluginConfig).where(UserPluginConfig.user_id == user_id).values(next_run_at=when)
+        )
 
 
 def _runs(user_id: int | None = None) -> list[PluginRun]:
@@ -86,8 +90,8 @@ def test_catch_up_after_three_days_gives_one_run(plugin) -> None:  # type: ignor
     assert _next_run(user_id) == T0 + timedelta(days=4)
 
 
-def test_slot_older_than_grace_is_skipped_and_counted(plugin, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("CATCHUP_GRACE_SECONDS", "3600")
+def test_slot_older_than_grace_is_skipped_and_counted(plugin, setenv) -> None:  # type: ignore[no-untyped-def]
+    setenv(CATCHUP_GRACE_SECONDS="3600")
     user_id = _user_with_config(plugin)
     report = schedule_due(now=T0 + timedelta(hours=5))
     assert report.created == 0 and report.skipped_stale == 1
@@ -164,8 +168,8 @@ def test_same_slot_twice_is_a_no_op(plugin) -> None:  # type: ignore[no-untyped-
     assert len(_runs(user_id)) == 1
 
 
-def test_crash_between_commit_and_publish_recovered_by_sweep(plugin, redis_client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("OUTBOX_GRACE_SECONDS", "60")
+def test_crash_between_commit_and_publish_recovered_by_sweep(plugin, redis_client, setenv) -> None:  # type: ignore[no-untyped-def]
+    setenv(OUTBOX_GRACE_SECONDS="60")
     user_id = _user_with_config(plugin)
     now = T0 + timedelta(minutes=1)
     from app.scheduler import TickReport
