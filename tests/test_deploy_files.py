@@ -33,7 +33,7 @@ def compose() -> dict:  # type: ignore[type-arg]
 
 
 def program(command: str | list[str]) -> list[str]:
-    """The program and its fixed arguments: env prefixes, exec, shell wrappers and options with values dropped."""
+    """The program and its fixed arguments (env prefixes, exec, shell wrappers, variable values dropped)."""
     if isinstance(command, list):
         command = command[2] if command[:2] == ["sh", "-c"] else shlex.join(command)
     words = [w for w in shlex.split(command) if w != "exec" and not re.match(r"^[A-Z_]+=", w)]
