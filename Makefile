@@ -44,5 +44,12 @@ typecheck: venv
 test: venv services lint typecheck
 	$(BIN)/pytest
 
+# The embedded default: SQLite under ./var and the local Redis (or a private one it starts).
+demo: venv
+	$(BIN)/first-sip demo
+
+run: venv
+	$(BIN)/honcho start -f Procfile worker beat consumer web
+
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -26,6 +26,7 @@ cli.command("run")(runs.run)
 cli.command("status")(status.status)
 cli.command("release")(ops.release)
 cli.command("flower")(ops.flower)
+cli.command("demo")(ops.demo)
 
 
 def main() -> None:

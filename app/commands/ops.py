@@ -75,3 +75,10 @@ def flower(
         "--purge_offline_workers=300",
     ]
     os.execve(celery, args, env)  # noqa: S606 -- exec: signals from the platform reach Flower directly
+
+
+def demo(timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for the digest.")) -> None:
+    """Run the whole pipeline locally on the embedded default and print a digest."""
+    from app.demo import run_demo
+
+    raise typer.Exit(run_demo(timeout=timeout))

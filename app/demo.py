@@ -1,0 +1,203 @@
+"""``first-sip demo`` / ``make demo``: the whole pipeline on the embedded default, end to end.
+
+Steps: pick the database (``DATABASE_URL`` or a SQLite file under ``./var``)
+and Redis (``REDIS_URL`` if it answers, else a private ``redis-server`` under
+``./var``); migrate; sync plugins; start the worker, consumer, beat and an
+authenticated Flower; create (or reuse) the demo user with daily-news-digest
+configured; trigger a run through the real pipeline (API -> stream ->
+consumer -> Celery -> crew -> database), wait with a progress display, print
+the digest; stop every process it started. Running it twice works: the user
+and configuration are reused and each run is a new run.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import redis
+from rich.console import Console
+from rich.markdown import Markdown
+
+from app.config import EMBEDDED_DATABASE_URL, VAR_DIR
+from app.supervise import Supervisor, SupervisorError, free_port
+
+DEMO_EMAIL = "demo@first-sip.local"
+DEMO_PLUGIN = "daily-news-digest"
+DEMO_SETTINGS = {"topics": ["technology", "science"], "preferred_time": "06:00"}
+
+
+class DemoError(RuntimeError):
+    """The demo cannot proceed; the message says what to do."""
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2).ping())
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+def _bin(name: str) -> str:
+    # Prefer the tool next to this interpreter (the venv), then PATH.
+    return shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name) or name
+
+
+def _choose_redis(sup: Supervisor, console: Console) -> str:
+    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    if _redis_answers(url):
+        console.print(f"[dim]Redis:[/] {url}")
+        return url
+    server = shutil.which("redis-server")
+    if server is None:
+        raise DemoError(
+            f"Redis does not answer at {url} and redis-server is not installed.\n"
+            "Install it (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) "
+            "or set REDIS_URL to a Redis you can reach."
+        )
+    port = free_port()
+    data = VAR_DIR / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    sup.start(
+        "redis",
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data.resolve()),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        ready=r"Ready to accept connections",
+        timeout=20,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    console.print(f"[dim]Redis:[/] started a private redis-server on {url} (files in {data})")
+    return url
+
+
+def _prepare_environment(sup: Supervisor, console: Console) -> dict[str, str]:
+    env = dict(os.environ)
+    env["DATABASE_URL"] = os.environ.get("DATABASE_URL") or EMBEDDED_DATABASE_URL
+    env["REDIS_URL"] = _choose_redis(sup, console)
+    env.setdefault("PLUGINS_DIR", str(Path("plugins").resolve()))
+    env.setdefault("LOG_LEVEL", "INFO")
+    env.setdefault("FLOWER_BASIC_AUTH", f"demo:{secrets.token_urlsafe(12)}")
+    env.setdefault("SECRET_KEY", secrets.token_urlsafe(32))
+    for key in ("CREWAI_DISABLE_TELEMETRY", "OTEL_SDK_DISABLED"):
+        env.setdefault(key, "true")
+    env.setdefault("CREWAI_TRACING_ENABLED", "false")
+    os.environ.update(env)  # this process uses the same settings as its children
+    from app.config import get_settings
+
+    get_settings.cache_clear()
+    from app.redis_client import reset_clients
+
+    reset_clients()
+    console.print(f"[dim]Database:[/] {get_settings().database_url}")
+    return env
+
+
+def _start_processes(sup: Supervisor, console: Console) -> str:
+    celery = [_bin("celery"), "-A", "app.celery_app:celery_app"]
+    with console.status("starting worker, consumer, beat and Flower…"):
+        sup.start(
+            "worker",
+            [
+                *celery,
+                "worker",
+                "--pool=threads",
+                "--concurrency=4",
+                "--queues=runs,scheduler",
+                "--without-gossip",
+            ],
+            ready=r"ready\.",
+        )
+        sup.start("consumer", [_bin("first-sip"), "consumer"], ready=r"consumer (started|ready)")
+        beat_schedule = VAR_DIR / "celerybeat-schedule"
+        sup.start("beat", [*celery, "beat", f"--schedule={beat_schedule}"], ready=r"beat: Starting")
+        port = free_port()
+        sup.start(
+            "flower",
+            [_bin("first-sip"), "flower", "--address", "127.0.0.1", "--port", str(port)],
+            ready=r"Visit me at|Listening",
+            timeout=60,
+        )
+    return f"http://127.0.0.1:{port}"
+
+
+def _configure_demo_user() -> int:
+    from app import api
+    from app.errors import NotFoundError
+
+    try:
+        user = api.find_user(DEMO_EMAIL)
+    except NotFoundError:
+        user = api.create_user(DEMO_EMAIL, "UTC")
+    api.configure_plugin(user.id, DEMO_PLUGIN, DEMO_SETTINGS)
+    return user.id
+
+
+def _run_and_wait(user_id: int, console: Console, timeout: float) -> str:
+    from app import api
+
+    run = api.trigger_run(user_id, DEMO_PLUGIN)
+    console.print(f"triggered run [bold]{run.run_id}[/] ({DEMO_PLUGIN})")
+    started = time.monotonic()
+    with console.status("") as status:
+        while True:
+            info = api.get_run(run.run_id)
+            status.update(f"run {info.status.value} — {time.monotonic() - started:.1f}s")
+            if info.is_terminal:
+                break
+            if time.monotonic() - started > timeout:
+                raise DemoError(
+                    f"run {run.run_id} still {info.status.value} after {timeout:.0f}s; see var/demo-logs/"
+                )
+            time.sleep(0.2)
+    if info.status.value != "completed":
+        raise DemoError(f"run {run.run_id} {info.status.value}: {info.error_message}")
+    usage = (info.output or {}).get("token_usage") or {}
+    console.print(
+        f"[green]completed[/] in {time.monotonic() - started:.1f}s, attempt {info.attempts}, "
+        f"model {(info.output or {}).get('model')}, tokens {usage.get('total_tokens', '?')}"
+    )
+    return info.content or ""
+
+
+def run_demo(*, timeout: float = 300.0) -> int:
+    """Run the demo; returns the process exit code (0 when the digest was printed)."""
+    console = Console()
+    sup = Supervisor(VAR_DIR / "demo-logs")
+    try:
+        sup.env = _prepare_environment(sup, console)
+        from app.commands.ops import release
+
+        release()  # migrate + sync, exactly as a deploy does
+        flower_url = _start_processes(sup, console)
+        user, _, password = sup.env["FLOWER_BASIC_AUTH"].partition(":")
+        console.print(f"Flower: {flower_url}  (user [bold]{user}[/], password [bold]{password}[/])")
+        digest = _run_and_wait(_configure_demo_user(), console, timeout)
+        console.rule("Your First Sip")
+        console.print(Markdown(digest) if console.is_terminal else digest)
+        console.rule()
+        return 0
+    except (DemoError, SupervisorError) as exc:
+        console.print(f"[red]demo failed:[/] {exc}")
+        return 1
+    finally:
+        codes = sup.stop_all(timeout=30)
+        if codes:
+            summary = ", ".join(
+                f"{name} {'killed' if code is None else f'exit {code}'}" for name, code in codes.items()
+            )
+            console.print(f"[dim]stopped: {summary}[/]")
