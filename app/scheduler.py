@@ -24,16 +24,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
+from app.db import bulk
 from app.db.engine import session_scope
-from app.db.models import PluginRow, PluginRun, RunStatus, Trigger, User, UserPluginConfig, utcnow
+from app.db.models import PluginRow, RunStatus, Trigger, User, UserPluginConfig, utcnow
 from app.errors import SettingsValidationError
-from app.plugins.settings import effective_settings, spec_from_row, validate_settings
+from app.plugins.settings import SettingsSpec, effective_settings, spec_from_row, validate_settings
 from app.scheduling import ScheduleError, latest_slot, next_after, parse_schedule
+from app.streams import producer
+from app.streams.producer import RunRef
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class _Due:
     config_id: int
     user_id: int
     plugin: PluginRow
+    spec: SettingsSpec
     settings: dict[str, Any]
     fingerprint: str
     timezone: str
@@ -69,34 +71,37 @@ class _Due:
 
 
 def _due_batch(session: Session, *, now: datetime, limit: int) -> list[_Due]:
+    c = UserPluginConfig
     stmt = (
-        select(UserPluginConfig, PluginRow, User.timezone)
-        .join(PluginRow, PluginRow.id == UserPluginConfig.plugin_id)
-        .join(User, User.id == UserPluginConfig.user_id)
-        .where(UserPluginConfig.enabled, PluginRow.enabled, UserPluginConfig.next_run_at <= now)
-        .order_by(UserPluginConfig.next_run_at)
+        select(c.id, c.user_id, c.plugin_id, c.settings, c.schema_fingerprint, c.next_run_at, User.timezone)
+        .join(PluginRow, PluginRow.id == c.plugin_id)
+        .join(User, User.id == c.user_id)
+        .where(c.enabled, PluginRow.enabled, c.next_run_at <= now)
+        .order_by(c.next_run_at)
         .limit(limit)
         # Another tick holding some rows just makes this one take the others.
-        .with_for_update(skip_locked=True, of=UserPluginConfig)
+        .with_for_update(skip_locked=True, of=c)
     )
+    rows = session.execute(stmt).all()
+    # Plugins are few: load each once per batch, not once per config.
+    plugins = {
+        p.id: p
+        for p in session.scalars(select(PluginRow).where(PluginRow.id.in_({r.plugin_id for r in rows})))
+    }
+    specs = {pid: spec_from_row(p) for pid, p in plugins.items()}
     return [
-        _Due(c.id, c.user_id, p, dict(c.settings), c.schema_fingerprint, tz, c.next_run_at or now)
-        for c, p, tz in session.execute(stmt)
+        _Due(
+            r.id,
+            r.user_id,
+            plugins[r.plugin_id],
+            specs[r.plugin_id],
+            dict(r.settings),
+            r.schema_fingerprint,
+            r.timezone,
+            r.next_run_at or now,
+        )
+        for r in rows
     ]
-
-
-def _insert_runs(session: Session, rows: list[dict[str, Any]]) -> list[tuple[uuid.UUID, int]]:
-    if not rows:
-        return []
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = (
-        insert(PluginRun)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["config_id", "scheduled_for"])
-        .returning(PluginRun.run_id, PluginRun.config_id)
-    )
-    return [(r.run_id, r.config_id) for r in session.execute(stmt)]
 
 
 def _plan(
@@ -106,7 +111,7 @@ def _plan(
     capabilities = item.plugin.capabilities or []
     if "scheduled" not in capabilities:
         return None, None  # never scheduled; clear next_run_at
-    spec = spec_from_row(item.plugin)
+    spec = item.spec
     try:
         if item.fingerprint == item.plugin.schema_fingerprint:
             effective = effective_settings(spec, item.settings)  # validated against this schema at save
@@ -130,17 +135,14 @@ def _plan(
         "scheduled_for": slot,
         "status": RunStatus.PENDING.value,
         "input": effective,
-        "attempts": 0,
-        "created_at": now,
-        "updated_at": now,
     }
     return row, following
 
 
 def _schedule_batch(
     *, now: datetime, limit: int, grace: timedelta, report: TickReport
-) -> tuple[int, list[uuid.UUID]]:
-    """Lock, plan and commit one batch; returns (configs handled, run ids created)."""
+) -> tuple[int, list[RunRef]]:
+    """Lock, plan and commit one batch; returns (configs handled, the runs created)."""
     with session_scope() as session:
         due = _due_batch(session, now=now, limit=limit)
         if not due:
@@ -157,18 +159,11 @@ def _schedule_batch(
             advances.append({"cid": item.config_id, "next": outcome})
             if row is not None:
                 runs.append(row)
-        created = _insert_runs(session, runs)
+        created = bulk.insert_runs(session, runs, now=now)
         report.duplicates += len(runs) - len(created)
         report.disabled += len(disables)
-        # Core UPDATEs with executemany: one round trip per batch, not one per config.
+        bulk.set_next_run(session, [(a["cid"], a["next"]) for a in advances], now=now)
         table = UserPluginConfig.__table__
-        if advances:
-            session.connection().execute(
-                update(table)  # type: ignore[arg-type]
-                .where(table.c.id == bindparam("cid"))
-                .values(next_run_at=bindparam("next")),
-                advances,
-            )
         if disables:
             session.connection().execute(
                 update(table)  # type: ignore[arg-type]
@@ -176,26 +171,27 @@ def _schedule_batch(
                 .values(enabled=False, disabled_reason=bindparam("reason"), next_run_at=None),
                 disables,
             )
-    return len(due), [run_id for run_id, _ in created]
+    by_config = {item.config_id: item for item in due}
+    refs = [RunRef(run_id, by_config[cid].plugin.name, by_config[cid].user_id) for run_id, cid in created]
+    return len(due), refs
 
 
 def schedule_due(*, now: datetime | None = None, batch_size: int | None = None) -> TickReport:
     """Create and publish runs for every due schedule, batch by batch, until none is due."""
-    from app.outbox import publish_run_ids
-
     settings = get_settings()
     now = now or utcnow()
     limit = batch_size or settings.scheduler_batch_size
     grace = timedelta(seconds=settings.catchup_grace_seconds)
     report = TickReport()
     while True:
-        handled, run_ids = _schedule_batch(now=now, limit=limit, grace=grace, report=report)
+        handled, refs = _schedule_batch(now=now, limit=limit, grace=grace, report=report)
         if not handled:
             break
         report.batches += 1
-        report.created += len(run_ids)
+        report.created += len(refs)
         # Committed first, published second: the outbox sweep covers a crash in between.
-        report.published += publish_run_ids(run_ids, now=now)
+        with session_scope() as session:
+            report.published += len(producer.publish_runs(session, refs, now=now))
         if handled < limit:
             break
     return report

@@ -175,8 +175,8 @@ def test_crash_between_commit_and_publish_recovered_by_sweep(plugin, redis_clien
     from app.scheduler import TickReport
 
     # The batch commits, then the process "dies" before publishing.
-    handled, run_ids = _schedule_batch(now=now, limit=10, grace=timedelta(hours=6), report=TickReport())
-    assert handled == 1 and len(run_ids) == 1
+    handled, refs = _schedule_batch(now=now, limit=10, grace=timedelta(hours=6), report=TickReport())
+    assert handled == 1 and len(refs) == 1
     (run,) = _runs(user_id)
     assert run.status == RunStatus.PENDING and redis_client.xlen(keys.stream(plugin)) == 0
     # Within the grace period the sweep leaves it (a live beat is about to publish).

@@ -76,10 +76,15 @@ def effective_settings(target: Plugin | SettingsSpec, settings: dict[str, Any] |
     merged: dict[str, Any] = {}
     for key, prop in (spec.schema.get("properties") or {}).items():
         if isinstance(prop, dict) and "default" in prop:
-            merged[key] = copy.deepcopy(prop["default"])
-    merged.update(copy.deepcopy(spec.default_config))
-    merged.update(copy.deepcopy(settings or {}))
+            merged[key] = _copy(prop["default"])
+    merged.update({k: _copy(v) for k, v in spec.default_config.items()})
+    merged.update({k: _copy(v) for k, v in (settings or {}).items()})
     return merged
+
+
+def _copy(value: Any) -> Any:
+    # Only containers can be shared by mistake; scalars are immutable (this is on the scheduler's hot path).
+    return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
 
 
 def validation_issues(target: Plugin | SettingsSpec, settings: Any) -> list[SettingsIssue]:

@@ -1,0 +1,138 @@
+"""Scheduler benchmark on real PostgreSQL and Redis.
+
+(a) Tick time with 1,000 due configs in tables of 10,000 and 1,000,000 configs:
+    the ratio shows whether cost follows what is due (goal <= 1.5).
+(b) The 06:00 rush: 100,000 configs due at the same minute -> time until all
+    are run rows and stream entries (goal >= 5,000 schedules/s).
+
+Run: ``.venv/bin/python -m bench.bench_scheduler [--large 1000000] [--rush 100000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+
+from sqlalchemy import text
+
+from bench.common import Timer, private_environment, write_section
+
+NOW = datetime(2026, 6, 1, 6, 0, 30, tzinfo=UTC)
+DUE = datetime(2026, 6, 1, 6, 0, tzinfo=UTC)
+FUTURE = datetime(2026, 6, 2, 6, 0, tzinfo=UTC)
+
+
+def _populate(total: int, due: int) -> None:
+    """``total`` users each with a daily-news-digest config; ``due`` of them due at 06:00."""
+    from app.config import get_settings
+    from app.db.engine import get_engine, session_scope
+    from app.db.models import PluginRow
+    from app.plugins.registry import discover
+    from app.plugins.sync import sync_plugins
+
+    with session_scope() as session:
+        sync_plugins(session, discover(get_settings().plugins_dir))
+        plugin = session.query(PluginRow).filter_by(name="daily-news-digest").one()
+        plugin_id, fingerprint, version = plugin.id, plugin.schema_fingerprint, plugin.version
+    with get_engine().begin() as conn:
+        conn.execute(text("TRUNCATE plugin_runs, user_plugin_configs, users RESTART IDENTITY CASCADE"))
+        conn.execute(
+            text(
+                "INSERT INTO users (email, timezone) SELECT 'u' || g || '@bench', 'UTC' FROM generate_series(1, :n) g"
+            ),
+            {"n": total},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO user_plugin_configs (user_id, plugin_id, settings, plugin_version, schema_fingerprint,"
+                " enabled, next_run_at)"
+                " SELECT g, :pid, CAST(:settings AS jsonb), :ver, :fp, true,"
+                " CASE WHEN g <= :due THEN CAST(:due_at AS timestamptz) ELSE CAST(:future AS timestamptz) END"
+                " FROM generate_series(1, :n) g"
+            ),
+            {
+                "n": total,
+                "due": due,
+                "pid": plugin_id,
+                "ver": version,
+                "fp": fingerprint,
+                "settings": '{"preferred_time": "06:00", "topics": ["technology"]}',
+                "due_at": DUE,
+                "future": FUTURE,
+            },
+        )
+        conn.execute(text("ANALYZE users; ANALYZE user_plugin_configs"))
+
+
+def _tick(due: int) -> float:
+    from app.scheduler import schedule_due
+
+    with Timer() as timer:
+        report = schedule_due(now=NOW)
+    assert report.created == due, report
+    return timer.seconds
+
+
+def _stream_entries() -> int:
+    from app.redis_client import get_redis
+    from app.streams import keys
+
+    return int(get_redis().xlen(keys.stream("daily-news-digest")))
+
+
+def bench_tick_vs_table_size(small: int, large: int, due: int) -> dict[str, float]:
+    results = {}
+    for total in (small, large):
+        _populate(total, due)
+        _tick(due)  # warm-up: plans, caches, connections
+        _populate(total, due)
+        results[f"tick_{total}"] = _tick(due)
+    return results
+
+
+def bench_rush(count: int) -> dict[str, float]:
+    _populate(count, count)
+    with Timer() as timer:
+        from app.scheduler import schedule_due
+
+        report = schedule_due(now=NOW)
+    assert report.created == count and _stream_entries() >= count, report
+    return {"rush_seconds": timer.seconds, "rush_per_second": count / timer.seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--small", type=int, default=10_000)
+    parser.add_argument("--large", type=int, default=1_000_000)
+    parser.add_argument("--due", type=int, default=1_000)
+    parser.add_argument("--rush", type=int, default=100_000)
+    args = parser.parse_args()
+    with private_environment("sched"):
+        sizes = bench_tick_vs_table_size(args.small, args.large, args.due)
+        rush = bench_rush(args.rush)
+    t_small, t_large = sizes[f"tick_{args.small}"], sizes[f"tick_{args.large}"]
+    ratio = t_large / t_small
+    lines = [
+        "| figure | value | goal |",
+        "| --- | --- | --- |",
+        f"| tick, {args.due:,} due of {args.small:,} configs | {t_small * 1000:.0f} ms | baseline |",
+        f"| tick, {args.due:,} due of {args.large:,} configs | {t_large * 1000:.0f} ms | |",
+        f"| ratio large / small | **{ratio:.2f}x** | <= 1.5 |",
+        f"| 06:00 rush: {args.rush:,} due at once -> rows + stream entries | {rush['rush_seconds']:.1f} s | |",
+        f"| rush throughput | **{rush['rush_per_second']:,.0f} schedules/s** | >= 5,000 |",
+    ]
+    body = "\n".join(lines) + (
+        "\n\nHow: due configs come through the partial index on `next_run_at` (enabled rows), "
+        "1,000 per batch under `FOR UPDATE SKIP LOCKED`; each batch is one `INSERT ... SELECT FROM "
+        "jsonb_to_recordset(...) ON CONFLICT DO NOTHING RETURNING` and one `UPDATE ... FROM "
+        "jsonb_to_recordset(...)`, then a commit, one Redis pipeline of XADDs and one UPDATE marking "
+        "the runs queued. Cost per tick follows the number due, not the table size. What limits the "
+        "rush: per-config Python work (slot computation in the user's zone, settings merge) and "
+        "PostgreSQL, Redis and the benchmark sharing 2 cores."
+    )
+    print(body)
+    write_section("Scheduler (issue 5)", body)
+
+
+if __name__ == "__main__":
+    main()
