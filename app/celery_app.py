@@ -77,9 +77,28 @@ def _setup_logging(**_: Any) -> None:
     configure_logging()
 
 
+@signals.worker_init.connect
+def _check_worker(**_: Any) -> None:
+    # Runs in the worker's main process before the pool starts. Signal handlers'
+    # exceptions are only logged by Celery; SystemExit is not, so it stops the worker.
+    import logging
+
+    from app.execution import runtime
+    from app.llm import llm_problem
+
+    problem = llm_problem(get_settings())
+    if problem:
+        logging.getLogger(__name__).critical("refusing to start the worker: %s", problem)
+        raise SystemExit(f"refusing to start the worker: {problem}")
+    runtime.configure_environment()
+
+
 @signals.worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     # A forked pool child must not reuse the parent's database sockets.
     from app.db.engine import dispose_engines
+    from app.execution import runtime
 
     dispose_engines(close=False)
+    # Nor the parent's CrewAI event-bus threads and locks (should the parent have imported CrewAI).
+    runtime.after_fork()

@@ -1,0 +1,149 @@
+"""The plugin crew contract: what the framework hands a crew and what it expects back.
+
+A plugin's entry point (``entry_point: crew/main.py:build_crew`` in its
+manifest) is called once per run, in the run's own thread, as
+``build_crew(ctx: CrewContext) -> CrewPlan``:
+
+* ``ctx.settings`` are the run's effective settings, already validated against
+  the plugin's current schema (read-only);
+* ``ctx.llm`` is a fresh LLM instance for this run only; every agent must use
+  it (a plugin never picks its model; the framework checks);
+* ``ctx.folder`` is the plugin folder and :meth:`CrewContext.resolve` confines a
+  relative path to it;
+* :meth:`CrewContext.crew_from_yaml` builds the crew from ``agents.yaml`` and
+  ``tasks.yaml`` next to the entry point;
+* ``ctx.stopped`` is set when the framework gave up on the run (timeout,
+  cancellation); long plugin loops may check it.
+
+The entry point returns a :class:`CrewPlan` (``ctx.plan(crew, inputs)``): the
+crew, the inputs that fill its ``{placeholders}``, and an optional JSON-able
+``report`` recorded with the output. This module imports no CrewAI.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from app.errors import PermanentError
+from app.plugins.paths import PathEscapeError, resolve_inside
+
+# The same pattern CrewAI's interpolate_only() uses, so we report exactly the
+# placeholders CrewAI would fail on (with a KeyError-like ValueError) at kickoff.
+PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*)}")
+
+
+@dataclass
+class CrewPlan:
+    """What an entry point returns: a CrewAI ``Crew``, its kickoff inputs, facts to record."""
+
+    crew: Any
+    inputs: dict[str, Any] = field(default_factory=dict)
+    #: JSON-able facts the framework records as ``output["report"]`` (e.g. unreadable feeds).
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CrewContext:
+    """Everything a plugin's entry point may use. One per run; never shared between runs."""
+
+    run_id: str
+    plugin: str
+    settings: Mapping[str, Any]
+    llm: Any
+    folder: Path
+    #: The folder holding the entry point file (where agents.yaml and tasks.yaml live).
+    crew_folder: Path
+    stopped: threading.Event = field(default_factory=threading.Event, compare=False)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        run_id: str,
+        plugin: str,
+        settings: Mapping[str, Any],
+        llm: Any,
+        folder: Path,
+        crew_folder: Path,
+    ) -> CrewContext:
+        """A context whose settings are a read-only view (a crew cannot change the recorded input)."""
+        return cls(run_id, plugin, MappingProxyType(dict(settings)), llm, folder, crew_folder)
+
+    def resolve(self, relative: str) -> Path:
+        """``relative`` inside the plugin folder; :class:`PermanentError` if it would leave it."""
+        try:
+            return resolve_inside(self.folder, relative)
+        except PathEscapeError as exc:
+            raise PermanentError(f"plugin {self.plugin}: {exc}") from exc
+
+    def crew_from_yaml(self, *, agents: str = "agents.yaml", tasks: str = "tasks.yaml") -> Any:
+        """A sequential CrewAI crew built from the YAML files next to the entry point."""
+        from app.execution.crew_yaml import crew_from_yaml
+
+        return crew_from_yaml(self, agents_file=agents, tasks_file=tasks)
+
+    def plan(
+        self, crew: Any, inputs: Mapping[str, Any], *, report: Mapping[str, Any] | None = None
+    ) -> CrewPlan:
+        """Shorthand for ``CrewPlan(crew, dict(inputs), dict(report or {}))``."""
+        return CrewPlan(crew, dict(inputs), dict(report or {}))
+
+
+def placeholders(texts: Iterable[str | None]) -> set[str]:
+    """Every ``{name}`` placeholder CrewAI would interpolate in ``texts``."""
+    found: set[str] = set()
+    for text in texts:
+        if text:
+            found.update(PLACEHOLDER_RE.findall(text))
+    return found
+
+
+def crew_templates(crew: Any) -> list[tuple[str, str | None]]:
+    """(where, template) for every agent and task text CrewAI interpolates at kickoff."""
+    out: list[tuple[str, str | None]] = []
+    for agent in getattr(crew, "agents", []):
+        name = getattr(agent, "role", "?")
+        for attr in ("role", "goal", "backstory"):
+            out.append((f"agent {name!r} {attr}", getattr(agent, attr, None)))
+    for index, task in enumerate(getattr(crew, "tasks", [])):
+        name = getattr(task, "name", None) or f"#{index + 1}"
+        for attr in ("description", "expected_output", "output_file"):
+            out.append((f"task {name!r} {attr}", getattr(task, attr, None)))
+    return out
+
+
+def check_inputs(crew: Any, inputs: Mapping[str, Any]) -> None:
+    """Raise :class:`PermanentError` naming each placeholder the inputs do not fill, and where."""
+    missing: dict[str, list[str]] = {}
+    for where, template in crew_templates(crew):
+        for name in sorted(placeholders([template])):
+            if name not in inputs:
+                missing.setdefault(name, []).append(where)
+    if missing:
+        parts = [f"{{{name}}} (in {', '.join(places)})" for name, places in sorted(missing.items())]
+        raise PermanentError("crew inputs are missing placeholder values: " + "; ".join(parts))
+
+
+def check_llm(crew: Any, llm: Any) -> None:
+    """Raise :class:`PermanentError` if any agent or crew-level LLM is not the framework's ``llm``.
+
+    A plugin never picks its model: an agent built without ``llm=ctx.llm`` would
+    silently fall back to CrewAI's default (a paid model named by environment).
+    """
+    for agent in getattr(crew, "agents", []):
+        role = getattr(agent, "role", "?")
+        if getattr(agent, "llm", None) is not llm:
+            raise PermanentError(f"agent {role!r} does not use the framework's LLM (pass llm=ctx.llm)")
+        if getattr(agent, "function_calling_llm", None) not in (None, llm):
+            raise PermanentError(
+                f"agent {role!r} sets its own function_calling_llm; plugins never pick a model"
+            )
+    for attr in ("manager_llm", "planning_llm", "function_calling_llm", "chat_llm"):
+        if getattr(crew, attr, None) not in (None, llm):
+            raise PermanentError(f"the crew sets {attr}; plugins never pick a model")

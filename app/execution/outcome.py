@@ -1,0 +1,142 @@
+"""What a run produced, in the shape recorded in PostgreSQL, and how a failure is classified.
+
+Guarantees:
+
+* :func:`shape_output` returns plain JSON: ``content`` (the crew's final
+  output), ``tasks`` (name, agent, raw per task), ``token_usage`` (prompt,
+  completion, total, successful requests), ``model``, ``duration_seconds`` and
+  the plugin's ``report``.
+* :func:`is_transient` says whether a retry may succeed: provider connection
+  errors, timeouts talking to a provider and rate limits, recognised by
+  exception type (names too, so litellm/openai/httpx errors are recognised
+  without importing those libraries) or by an HTTP status of 408, 429 or 5xx,
+  anywhere in the exception's cause chain. Anything else is permanent.
+* :func:`error_message` is ``"ExceptionType: message"`` with known secrets
+  redacted and a bounded length; it never includes settings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from app.errors import PermanentError, TransientError
+from app.logs import redact
+
+MAX_ERROR_CHARS = 2000
+#: A run's output is a briefing, not a data dump; larger means a plugin bug.
+MAX_OUTPUT_BYTES = 2_000_000
+
+# Class names (anywhere in the MRO) that mean "the provider or the network
+# failed, try later": openai/anthropic SDKs, litellm, httpx, requests.
+TRANSIENT_TYPE_NAMES = frozenset(
+    {
+        "RateLimitError",
+        "APIConnectionError",
+        "APITimeoutError",
+        "ServiceUnavailableError",
+        "InternalServerError",
+        "Timeout",
+        "TimeoutException",
+        "TransportError",
+        "ConnectTimeout",
+        "ReadTimeout",
+        "ConnectionError",
+        "OverloadedError",
+    }
+)
+TRANSIENT_STATUS = frozenset({408, 429})
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _status(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    if status is None:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True if retrying later may succeed (see the module docstring)."""
+    for err in _chain(exc):
+        if isinstance(err, PermanentError):
+            return False
+        if isinstance(err, TransientError | ConnectionError | TimeoutError):
+            return True
+        if any(cls.__name__ in TRANSIENT_TYPE_NAMES for cls in type(err).__mro__):
+            return True
+        status = _status(err)
+        if status is not None and (status in TRANSIENT_STATUS or status >= 500):
+            return True
+    return False
+
+
+def error_message(exc: BaseException) -> str:
+    """``"ExceptionType: message"``, secrets redacted, at most MAX_ERROR_CHARS characters."""
+    text = str(exc).strip()
+    message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    message = redact(message)
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 1] + "…"
+    return message
+
+
+def token_usage(llm: Any) -> dict[str, int]:
+    """The run's token usage, read from its own LLM instance.
+
+    Not ``Crew.usage_metrics``: CrewAI sums each agent's LLM lifetime totals,
+    so two agents sharing the run's LLM would count every token twice.
+    """
+    summary = llm.get_token_usage_summary()
+    return {
+        "prompt_tokens": int(summary.prompt_tokens),
+        "completion_tokens": int(summary.completion_tokens),
+        "total_tokens": int(summary.total_tokens),
+        "successful_requests": int(summary.successful_requests),
+        "cached_prompt_tokens": int(summary.cached_prompt_tokens),
+    }
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ("" if value is None else str(value))
+
+
+def shape_output(
+    result: Any, *, llm: Any, model: str, duration_seconds: float, report: dict[str, Any]
+) -> dict[str, Any]:
+    """The JSON recorded as the run's output; :class:`PermanentError` if it is empty or too large."""
+    content = _text(getattr(result, "raw", None)).strip()
+    if not content:
+        raise PermanentError("the crew produced no output")
+    tasks = [
+        {
+            "name": _text(getattr(t, "name", None)) or None,
+            "agent": _text(getattr(t, "agent", None)),
+            "raw": _text(getattr(t, "raw", None)),
+        }
+        for t in getattr(result, "tasks_output", []) or []
+    ]
+    output = {
+        "content": content,
+        "tasks": tasks,
+        "token_usage": token_usage(llm),
+        "model": model,
+        "duration_seconds": round(duration_seconds, 3),
+        "report": report,
+    }
+    try:
+        size = len(json.dumps(output, ensure_ascii=False).encode())
+    except (TypeError, ValueError) as exc:
+        raise PermanentError(f"the plugin's report is not JSON-serialisable: {exc}") from exc
+    if size > MAX_OUTPUT_BYTES:
+        raise PermanentError(f"the output is {size} bytes; the limit is {MAX_OUTPUT_BYTES}")
+    return output

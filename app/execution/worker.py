@@ -1,0 +1,244 @@
+"""``execute_run``'s logic: run one claimed run to an outcome, record it, XACK its stream entry.
+
+Guarantees:
+
+* At most one execution per claim: a run starts only through
+  :func:`app.db.runs.claim` (compare-and-set). A duplicate delivery, a
+  cancelled run or a run another worker holds is a no-op.
+* Every outcome is written with the claim's attempt number as a fence, so a
+  worker that lost its run (cancelled, lease taken over) writes nothing.
+* Outcomes: ``completed`` with output; ``failed`` with ``"Type: message"``
+  (permanent error, invalid input, time limit, transient error after
+  ``MAX_ATTEMPTS``); back to ``pending`` with ``next_attempt_at`` (transient
+  error before ``MAX_ATTEMPTS``; the outbox sweep republishes it). No Celery
+  countdown/ETA/retry anywhere.
+* The stream entry named by the task is XACKed once its run is terminal or a
+  retry is scheduled (the entry's job is done), never while another worker
+  may still be running it.
+* A crew thread abandoned after a time limit or cancellation is stopped for
+  real in a prefork pool child: the child exits after recording (Celery starts
+  a new one; the redelivered message finds a terminal run). In a threads pool
+  it cannot be killed; it finishes in the background and its result is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import redis
+
+from app.config import Settings, get_settings
+from app.db import runs
+from app.db.engine import session_scope
+from app.db.models import TERMINAL_STATUSES, RunStatus, utcnow
+from app.errors import FirstSipError, SettingsValidationError
+from app.execution import runtime
+from app.execution.contract import CrewContext
+from app.execution.crew_loader import entry_point_file, find_plugin
+from app.execution.lease import Lease
+from app.execution.outcome import error_message, is_transient
+from app.execution.retry import backoff_seconds
+from app.execution.runner import CrewJob, Verdict, supervise
+from app.llm import make_llm, model_name
+from app.logs import bind
+from app.plugins.settings import validate_settings
+from app.redis_client import get_redis
+from app.streams import keys
+
+log = logging.getLogger(__name__)
+
+#: Exit status of a pool child that exits to stop a crew thread it gave up on.
+ABANDONED_CREW_EXIT_CODE = 75
+RETRY_SCHEDULED = "retry_scheduled"
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """The stream entry that carried the run (all optional in the task's arguments)."""
+
+    stream: str
+    group: str
+    entry_id: str
+
+    @classmethod
+    def from_args(cls, stream: str | None, group: str | None, entry_id: str | None) -> StreamEntry | None:
+        """The entry, or None when the task was dispatched without one."""
+        if not stream or not entry_id:
+            return None
+        return cls(stream, group or keys.GROUP, entry_id)
+
+
+@dataclass(frozen=True)
+class Finish:
+    """How this delivery ended."""
+
+    status: str
+    attempt: int | None = None
+    executed: bool = False
+    #: The stream entry's job is done (run terminal, or its retry is scheduled).
+    entry_done: bool = False
+    #: A crew thread we gave up on is still running.
+    abandoned: bool = False
+
+
+def execute(
+    run_id: str,
+    *,
+    plugin: str | None = None,
+    stream: str | None = None,
+    group: str | None = None,
+    entry_id: str | None = None,
+) -> dict[str, Any]:
+    """Run ``run_id`` if it is claimable; record the outcome; XACK the entry when done with it."""
+    entry = StreamEntry.from_args(stream, group, entry_id)
+    with bind(run_id=run_id, plugin=plugin):
+        try:
+            rid = uuid.UUID(str(run_id))
+        except ValueError:
+            log.error("execute_run got a malformed run id; leaving its entry to the dead-letter path")
+            return {"run_id": run_id, "status": "invalid", "attempt": None, "executed": False}
+        settings = get_settings()
+        # Import CrewAI before claiming, so its first-import cost never eats into a lease.
+        runtime.prepare()
+        with session_scope() as session:
+            claimed = runs.claim(session, rid, now=utcnow(), lease_seconds=settings.lease_seconds)
+        if claimed is None:
+            finish = _unclaimed(rid)
+        else:
+            with bind(plugin=claimed.plugin, user_id=claimed.user_id, attempt=claimed.attempt):
+                finish = _run(claimed, settings)
+        if finish.entry_done and entry is not None:
+            _xack(entry)
+        if finish.abandoned and runtime.in_pool_child():
+            _exit_child()
+        return {
+            "run_id": str(rid),
+            "status": finish.status,
+            "attempt": finish.attempt,
+            "executed": finish.executed,
+        }
+
+
+def _unclaimed(rid: uuid.UUID) -> Finish:
+    now = utcnow()
+    with session_scope() as session:
+        state = runs.states(session, [rid]).get(rid)
+    if state is None:
+        log.warning("no such run; leaving its entry to the dead-letter path")
+        return Finish("missing")
+    retry_waiting = state.status in (RunStatus.PENDING, RunStatus.QUEUED) and (
+        state.next_attempt_at is not None and state.next_attempt_at > now
+    )
+    log.info("run not claimable (%s); duplicate delivery is a no-op", state.status.value)
+    return Finish(state.status.value, entry_done=state.is_terminal or retry_waiting)
+
+
+def _run(claimed: runs.ClaimedRun, settings: Settings) -> Finish:
+    lease = Lease(claimed.run_id, attempt=claimed.attempt, lease_seconds=settings.lease_seconds)
+    try:
+        plugin = find_plugin(claimed.plugin, settings.plugins_dir)
+        crew_folder = entry_point_file(plugin)[0].parent
+        effective = validate_settings(plugin, claimed.input)
+        llm = make_llm(settings)
+    except SettingsValidationError as exc:
+        issues = "; ".join(str(issue) for issue in exc.errors)
+        return _fail(lease, f"invalid input for plugin {claimed.plugin}: {issues}")
+    except FirstSipError as exc:
+        return _fail(lease, error_message(exc))
+    ctx = CrewContext.create(
+        run_id=str(claimed.run_id),
+        plugin=plugin.name,
+        settings=effective,
+        llm=llm,
+        folder=plugin.folder,
+        crew_folder=crew_folder,
+    )
+    job = CrewJob(plugin, ctx, model_name(settings))
+    timeout = settings.run_timeout(plugin.manifest.timeout_seconds)
+    log.info("running crew (time limit %s s)", timeout)
+    verdict = supervise(job, lease=lease, timeout=timeout)
+    if verdict is Verdict.TIMED_OUT:
+        log.warning("crew timed out after %s s", timeout)
+        return _with_abandoned(_fail(lease, f"timed out after {timeout} s"), job)
+    if verdict is Verdict.LEASE_LOST:
+        return _with_abandoned(_lost(lease), job)
+    if job.output is not None:
+        return _complete(lease, job.output)
+    assert job.error is not None
+    return _failure(lease, job.error, settings)
+
+
+def _with_abandoned(finish: Finish, job: CrewJob) -> Finish:
+    return Finish(finish.status, finish.attempt, finish.executed, finish.entry_done, abandoned=job.alive)
+
+
+def _complete(lease: Lease, output: dict[str, Any]) -> Finish:
+    with session_scope() as session:
+        ok = runs.complete(session, lease.run_id, attempt=lease.attempt, output=output, now=utcnow())
+    if not ok:
+        return _lost(lease)
+    tokens = output.get("token_usage", {}).get("total_tokens")
+    log.info("run completed (%s tokens, %.1f s)", tokens, output.get("duration_seconds", 0))
+    return Finish(RunStatus.COMPLETED.value, lease.attempt, executed=True, entry_done=True)
+
+
+def _fail(lease: Lease, message: str) -> Finish:
+    with session_scope() as session:
+        ok = runs.fail(session, lease.run_id, attempt=lease.attempt, error=message, now=utcnow())
+    if not ok:
+        return _lost(lease)
+    log.warning("run failed: %s", message)
+    return Finish(RunStatus.FAILED.value, lease.attempt, executed=True, entry_done=True)
+
+
+def _failure(lease: Lease, exc: BaseException, settings: Settings) -> Finish:
+    message = error_message(exc)
+    if not is_transient(exc):
+        log.warning("crew raised a permanent error", exc_info=exc)
+        return _fail(lease, message)
+    if lease.attempt >= settings.max_attempts:
+        return _fail(lease, f"{message} (gave up after {lease.attempt} attempts)")
+    delay = backoff_seconds(lease.attempt, base=settings.retry_base_seconds, cap=settings.retry_max_seconds)
+    now = utcnow()
+    at = now + timedelta(seconds=delay)
+    note = f"attempt {lease.attempt}/{settings.max_attempts} failed, retry after {at.isoformat()}: {message}"
+    with session_scope() as session:
+        ok = runs.retry_later(session, lease.run_id, attempt=lease.attempt, error=note, at=at, now=now)
+    if not ok:
+        return _lost(lease)
+    log.warning("transient error; retry in %.1f s: %s", delay, message)
+    return Finish(RETRY_SCHEDULED, lease.attempt, executed=True, entry_done=True)
+
+
+def _lost(lease: Lease) -> Finish:
+    """This attempt no longer owns the run: find out why, and whether the entry is done."""
+    status = lease.current_status()
+    if status is RunStatus.CANCELLED:
+        log.info("run was cancelled while running; stopped")
+    else:
+        log.warning("lost the run (now %s); our outcome was not recorded", status.value if status else "gone")
+    terminal = status in TERMINAL_STATUSES
+    return Finish(status.value if status else "missing", lease.attempt, executed=True, entry_done=terminal)
+
+
+def _xack(entry: StreamEntry) -> None:
+    if keys.plugin_from_stream(entry.stream) is None:
+        log.warning("not acknowledging %s: not one of our streams", entry.stream)
+        return
+    try:
+        get_redis().xack(entry.stream, entry.group, entry.entry_id)
+    except redis.RedisError as exc:
+        # Harmless: the consumer re-dispatches the entry, the run is terminal, the next delivery acks.
+        log.warning("XACK of %s %s failed: %s", entry.stream, entry.entry_id, exc)
+
+
+def _exit_child() -> None:
+    log.warning("exiting this pool process to stop an abandoned crew thread (Celery replaces it)")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(ABANDONED_CREW_EXIT_CODE)
