@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from app.commands import db, ops, plugins, runs, status, users
+from app.commands import consumer, db, dlq, ops, plugins, runs, status, users
 
 cli = typer.Typer(
     name="first-sip",
@@ -27,6 +27,8 @@ cli.command("status")(status.status)
 cli.command("release")(ops.release)
 cli.command("flower")(ops.flower)
 cli.command("demo")(ops.demo)
+cli.command("consumer")(consumer.consumer)
+cli.add_typer(dlq.app, name="dlq")
 
 
 def main() -> None:

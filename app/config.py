@@ -77,6 +77,15 @@ class Settings(BaseSettings):
     stream_retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     reclaim_interval_seconds: float = Field(default=5.0, gt=0)
     consumer_idle_removal_seconds: int = Field(default=3600, ge=60)
+    #: Stable consumer name (e.g. a StatefulSet pod name): a restart then resumes its own
+    #: pending entries at once. Unset: ``<host>-<pid>-<random>``, and reclaim takes them over.
+    consumer_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9:_.@-]{0,127}$")
+    #: How often the consumer refreshes its heartbeat key (its TTL is three times this).
+    consumer_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    #: How often the consumer re-reads the enabled plugins (new plugins need no restart).
+    plugin_refresh_seconds: float = Field(default=30.0, gt=0)
+    #: How often the consumer trims each stream by age (MINID, never past a pending entry).
+    stream_trim_interval_seconds: float = Field(default=300.0, gt=0)
 
     # Scheduling.
     scheduler_tick_seconds: float = Field(default=30.0, gt=0)

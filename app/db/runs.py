@@ -12,6 +12,7 @@ run twice and concurrent actors never both win:
 * :func:`cancel` — any non-terminal run -> cancelled; a running worker sees it
   at its next heartbeat.
 * :func:`mark_queued` / :func:`fail_unless_terminal` — producer and dead letters.
+* :func:`reset_for_replay` — a dead-lettered (or stuck) run -> pending, for a fresh attempt.
 
 Functions take a session and never commit: the caller owns the transaction.
 """
@@ -220,6 +221,8 @@ class RunState:
     status: RunStatus
     lease_expires_at: datetime | None
     next_attempt_at: datetime | None
+    #: The entry id the run was last published with (None while the outbox owns it).
+    stream_id: str | None = None
 
     def lease_alive(self, now: datetime) -> bool:
         """True if a worker holds the run and its lease has not expired."""
@@ -242,9 +245,45 @@ def states(session: Session, run_ids: Iterable[uuid.UUID | str]) -> dict[uuid.UU
         return {}
     rows = session.execute(
         select(
-            PluginRun.run_id, PluginRun.status, PluginRun.lease_expires_at, PluginRun.next_attempt_at
+            PluginRun.run_id,
+            PluginRun.status,
+            PluginRun.lease_expires_at,
+            PluginRun.next_attempt_at,
+            PluginRun.stream_id,
         ).where(PluginRun.run_id.in_(ids))
     )
     return {
-        r.run_id: RunState(r.run_id, RunStatus(r.status), r.lease_expires_at, r.next_attempt_at) for r in rows
+        r.run_id: RunState(r.run_id, RunStatus(r.status), r.lease_expires_at, r.next_attempt_at, r.stream_id)
+        for r in rows
     }
+
+
+def reset_for_replay(session: Session, run_id: uuid.UUID | str, *, now: datetime) -> bool:
+    """Put a failed, waiting or abandoned run back to ``pending`` for a fresh attempt.
+
+    Replayable: ``failed``, ``pending``, ``queued``, and ``processing`` whose lease
+    has expired. Never ``completed``/``cancelled`` or a run a live worker holds.
+    ``attempts`` is kept: it is the fence, and it only ever grows. False if the
+    run is missing or not replayable.
+    """
+    replayable = or_(
+        PluginRun.status.in_([RunStatus.FAILED, *_WAITING]),
+        and_(
+            PluginRun.status == RunStatus.PROCESSING,
+            or_(PluginRun.lease_expires_at.is_(None), PluginRun.lease_expires_at < now),
+        ),
+    )
+    result = session.execute(
+        update(PluginRun)
+        .where(PluginRun.run_id == _as_uuid(run_id), replayable)
+        .values(
+            status=RunStatus.PENDING,
+            error_message=None,
+            completed_at=None,
+            lease_expires_at=None,
+            next_attempt_at=None,
+            stream_id=None,
+            updated_at=now,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]

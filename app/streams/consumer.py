@@ -1,0 +1,435 @@
+"""The stream consumer: one process of the consumer group that feeds Celery.
+
+Shape (huey's): :meth:`StreamConsumer.initialize`, then
+:meth:`StreamConsumer.loop_once` repeatedly (one iteration, ``now`` injected so
+tests are deterministic), then :meth:`StreamConsumer.shutdown`. The runner
+(:mod:`app.streams.runner`) owns signals, backoff and the heartbeat.
+
+One iteration:
+
+1. dispatch what a broker error left undispatched last time;
+2. database phases, each when due, all skipped while PostgreSQL is down:
+   re-read the enabled plugins (groups for new ones), settle this consumer's
+   own pending entries (ID 0) once at start, reclaim entries idle longer than
+   the visibility timeout (XAUTOCLAIM, see :mod:`app.streams.reclaim`), and mark
+   dead-lettered runs failed;
+3. housekeeping when due: trim each stream by age, drop idle empty consumers;
+4. read new entries (``>``) and dispatch the valid ones; dead-letter the rest.
+
+Guarantees: a valid new entry becomes one ``execute_run`` task and stays
+pending (the worker acks it when its run is terminal); nothing is acked here
+except entries whose run is terminal or pending, and dead letters. A broker,
+Redis or database failure leaves entries pending, never lost. New entries are
+dispatched without a database read: Redis alone carries the hot path and the
+worker's claim is authoritative; the row is consulted when an entry comes back.
+
+Redis Cluster: every command names one key, or keys sharing one plugin's hash
+tag (stream + dead letters). Each stream is read with its own XREADGROUP; the
+per-stream reads are pipelined (redis-py's cluster pipeline splits them per
+node). Blocking: first a non-blocking read of every stream, and only when all
+were empty a blocking read of one stream at a time, in turn, for
+``stream_block_ms / len(streams)``: a busy stream never waits behind an idle
+one, and an idle consumer still answers a new entry within ``stream_block_ms``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import select
+
+from app.config import Settings, get_settings
+from app.db import runs
+from app.db.engine import session_scope
+from app.db.models import PluginRow
+from app.redis_client import get_redis
+from app.streams import keys
+from app.streams.dispatch import Dispatch, Dispatcher
+from app.streams.dlq import move_to_dead_letters
+from app.streams.envelope import Envelope, Reason, parse_entry
+from app.streams.groups import ensure_group, remove_idle_consumers
+from app.streams.producer import load_refs, publish_runs, trim_stream
+from app.streams.reclaim import (
+    Action,
+    Decision,
+    Entry,
+    autoclaim_page,
+    decide_all,
+    entries_from,
+    keep,
+    rejection,
+    with_counts,
+)
+
+log = logging.getLogger(__name__)
+
+#: PostgreSQL is unreachable (down, restarting, network): wait, entries stay pending.
+DB_ERRORS: tuple[type[Exception], ...] = (sa_exc.OperationalError, sa_exc.InterfaceError)
+# A reclaim round follows XAUTOCLAIM's cursor at most this many pages per stream, then
+# resumes from the saved cursor next round, so one huge backlog cannot stall the loop.
+_RECLAIM_PAGES = 10
+
+
+def default_name() -> str:
+    """``<host>-<pid>-<random>``: unique across hosts, processes and restarts."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class LoopStats:
+    """What one iteration (or, summed, a process) did."""
+
+    read: int = 0
+    dispatched: int = 0
+    reclaimed: int = 0
+    acked: int = 0
+    kept: int = 0
+    dead_lettered: int = 0
+    republished: int = 0
+
+    def add(self, other: LoopStats) -> None:
+        """Add ``other``'s counts to these."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def summary(self) -> str:
+        """``read=.. dispatched=..`` for log lines."""
+        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+
+
+@dataclass(frozen=True)
+class _Fail:
+    run_id: Any
+    #: Only fail the run if its row still names this entry (None: unconditionally).
+    entry_id: str | None
+    message: str
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class StreamConsumer:
+    """One member of the consumer group; see the module docstring for an iteration."""
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        settings: Settings | None = None,
+        client: redis.Redis | None = None,
+        dispatcher: Dispatcher | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.name = name or self.settings.consumer_name or default_name()
+        # Binary-safe: a garbage entry must reach the parser as bytes, not break the decoder.
+        self.client = client or get_redis(decode_responses=False)
+        self.dispatcher = dispatcher or Dispatcher()
+        self.plugins: list[str] = []
+        self.totals = LoopStats()
+        self._history: dict[str, str] = {}  # plugin -> cursor in this consumer's own pending entries
+        self._undispatched: list[Dispatch] = []
+        self._fails: list[_Fail] = []
+        self._reclaim_cursor: dict[str, str] = {}
+        self._deleted: dict[str, set[str]] = {}  # plugin -> ids whose runs await republishing
+        self._next: dict[str, datetime] = {}  # phase -> when it is next due
+        self._db_down_since: datetime | None = None
+        self._turn = 0
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def initialize(self, now: datetime) -> None:
+        """Join the group on every plugin's stream; raises if Redis or PostgreSQL is unreachable."""
+        self._refresh_plugins()
+        self._history = dict.fromkeys(self.plugins, "0")
+        self._next = {"refresh": now, "reclaim": now, "housekeeping": now, "db_retry": now}
+        log.info("consumer %s joined group %r on %d stream(s)", self.name, keys.GROUP, len(self.plugins))
+
+    def loop_once(self, now: datetime, *, block: bool = True) -> LoopStats:
+        """One iteration; raises on a Redis or broker error (the runner backs off and calls again)."""
+        stats = LoopStats()
+        self._flush_dispatches(stats)
+        self._database_phases(now, stats)
+        if self._due("housekeeping", now, self.settings.stream_trim_interval_seconds):
+            self._housekeeping(now)
+        entries = self._read_new(block=block)
+        stats.read += len(entries)
+        self._handle_new(entries, now, stats)
+        self.totals.add(stats)
+        return stats
+
+    def shutdown(self) -> None:
+        """Give the broker connection back. Unfinished entries stay pending for the group."""
+        self.dispatcher.close()
+
+    # ---- scheduling --------------------------------------------------------------------------
+
+    def _due(self, phase: str, now: datetime, every: float) -> bool:
+        if now < self._next.get(phase, now):
+            return False
+        self._next[phase] = now + timedelta(seconds=every)
+        return True
+
+    def _database_phases(self, now: datetime, stats: LoopStats) -> None:
+        settings = self.settings
+        if self._db_down_since is not None and now < self._next["db_retry"]:
+            return
+        try:
+            if self._due("refresh", now, settings.plugin_refresh_seconds):
+                self._refresh_plugins()
+            if self._history:
+                self._settle_history(now, stats)
+            if self._due("reclaim", now, settings.reclaim_interval_seconds):
+                self._reclaim(now, stats)
+            self._republish_deleted(now, stats)
+            self._flush_fails(now)
+        except DB_ERRORS as exc:
+            if self._db_down_since is None:
+                self._db_down_since = now
+                log.warning(
+                    "PostgreSQL unreachable (%s): new entries are still dispatched; reclaim and "
+                    "dead-letter bookkeeping wait for it (entries stay pending). Check DATABASE_URL "
+                    "and that PostgreSQL is up.",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                )
+            # Retry once per reclaim interval, not on every iteration.
+            retry = now + timedelta(seconds=settings.reclaim_interval_seconds)
+            self._next["db_retry"] = self._next["refresh"] = self._next["reclaim"] = retry
+            return
+        if self._db_down_since is not None:
+            log.info("PostgreSQL reachable again after %s", now - self._db_down_since)
+            self._db_down_since = None
+
+    # ---- plugins and housekeeping ------------------------------------------------------------
+
+    def _refresh_plugins(self) -> None:
+        with session_scope() as session:
+            rows = session.execute(select(PluginRow.name, PluginRow.enabled).order_by(PluginRow.name)).all()
+        plugins = []
+        for name, enabled in rows:
+            # Disabled plugins keep being drained while their stream exists.
+            ensure_group(self.client, name, create_stream=enabled)
+            if enabled or self.client.exists(keys.stream(name)):
+                plugins.append(name)
+        added, gone = set(plugins) - set(self.plugins), set(self.plugins) - set(plugins)
+        if self.plugins and (added or gone):
+            log.info("streams now read: %s (added %s, dropped %s)", plugins, sorted(added), sorted(gone))
+        self.plugins = plugins
+
+    def _housekeeping(self, now: datetime) -> None:
+        idle_ms = self.settings.consumer_idle_removal_seconds * 1000
+        for plugin in self.plugins:
+            trim_stream(
+                plugin, now=now, retention_seconds=self.settings.stream_retention_seconds, client=self.client
+            )
+            removed = remove_idle_consumers(self.client, plugin, idle_ms=idle_ms, keep=self.name)
+            if removed:
+                log.info("removed idle consumers with nothing pending from %s: %s", plugin, removed)
+
+    # ---- new entries -------------------------------------------------------------------------
+
+    def _read_new(self, *, block: bool) -> list[Entry]:
+        streams = [p for p in self.plugins if p not in self._history]
+        if not streams:
+            return []
+        count = self.settings.stream_read_count
+        with self.client.pipeline(transaction=False) as pipe:
+            for plugin in streams:
+                pipe.xreadgroup(keys.GROUP, self.name, {keys.stream(plugin): ">"}, count=count)
+            replies = pipe.execute(raise_on_error=False)
+        entries: list[Entry] = []
+        for plugin, reply in zip(streams, replies, strict=True):
+            if isinstance(reply, redis.ResponseError) and "NOGROUP" in str(reply):
+                # Someone deleted the stream or the group: recreate it and read it next time.
+                log.warning("group missing on %s's stream; recreating it", plugin)
+                ensure_group(self.client, plugin)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            for _key, pairs in reply or []:
+                entries.extend(entries_from(plugin, pairs))
+        block_ms = self.settings.stream_block_ms
+        if entries or not block or block_ms <= 0:
+            return entries
+        # Every stream was empty: block on one at a time, in turn (see the module docstring).
+        plugin = streams[self._turn % len(streams)]
+        self._turn += 1
+        blocked: Any = self.client.xreadgroup(
+            keys.GROUP,
+            self.name,
+            {keys.stream(plugin): ">"},
+            count=count,
+            block=max(10, block_ms // len(streams)),
+        )
+        return [e for _key, pairs in blocked or [] for e in entries_from(plugin, pairs)]
+
+    def _handle_new(self, entries: list[Entry], now: datetime, stats: LoopStats) -> None:
+        dispatches, rejected = [], []
+        for entry in entries:
+            parsed = parse_entry(entry.fields)
+            decision = rejection(entry, parsed)
+            if decision is None and isinstance(parsed, Envelope):
+                dispatches.append(Dispatch(parsed.run_id, entry.plugin, entry.id))
+            elif decision is not None:
+                rejected.append((entry, decision))
+        self._dispatch(dispatches, stats)
+        for entry, decision in rejected:
+            self._dead_letter(entry, decision, now, stats)
+
+    def _dispatch(self, items: list[Dispatch], stats: LoopStats) -> None:
+        self._undispatched.extend(items)
+        self._flush_dispatches(stats)
+
+    def _flush_dispatches(self, stats: LoopStats) -> None:
+        if not self._undispatched:
+            return
+        # On a broker error the batch stays buffered (and pending in the stream) for the next try.
+        self.dispatcher.dispatch(self._undispatched)
+        stats.dispatched += len(self._undispatched)
+        self._undispatched = []
+
+    def _dead_letter(self, entry: Entry, decision: Decision, now: datetime, stats: LoopStats) -> None:
+        assert decision.reason is not None
+        move_to_dead_letters(
+            self.client,
+            plugin=entry.plugin,
+            entry_id=entry.id,
+            fields=entry.fields,
+            reason=decision.reason,
+            message=decision.detail,
+            delivery_count=entry.delivery_count,
+            consumer=self.name,
+            now=now,
+        )
+        stats.dead_lettered += 1
+        log.warning(
+            "dead-lettered %s entry %s (%s): %s",
+            entry.plugin,
+            entry.id,
+            decision.reason,
+            decision.detail,
+            extra={"plugin": entry.plugin, "run_id": str(decision.run_id) if decision.run_id else None},
+        )
+        if decision.run_id is not None:
+            # A run whose only entry was a bad one would wait forever: fail it with the reason,
+            # but only if the row still names this entry (max_deliveries: it does by definition).
+            guard = None if decision.reason == Reason.MAX_DELIVERIES else entry.id
+            self._fails.append(
+                _Fail(decision.run_id, guard, f"dead-lettered ({decision.reason}): {decision.detail}")
+            )
+
+    def _flush_fails(self, now: datetime) -> None:
+        if not self._fails:
+            return
+        with session_scope() as session:
+            states = runs.states(session, [f.run_id for f in self._fails])
+            for fail in self._fails:
+                state = states.get(fail.run_id)
+                if state is None or (fail.entry_id is not None and state.stream_id != fail.entry_id):
+                    continue
+                runs.fail_unless_terminal(session, fail.run_id, error=fail.message, now=now)
+        self._fails = []
+
+    # ---- entries delivered before: own pending at start, and reclaim -------------------------
+
+    def _settle_history(self, now: datetime, stats: LoopStats) -> None:
+        for plugin, cursor in list(self._history.items()):
+            reply: Any = self.client.xreadgroup(
+                keys.GROUP, self.name, {keys.stream(plugin): cursor}, count=self.settings.stream_read_count
+            )
+            entries = [e for _key, pairs in reply or [] for e in entries_from(plugin, pairs)]
+            if not entries:
+                del self._history[plugin]
+                continue
+            log.info("settling %d pending entries of %s left by a previous run", len(entries), plugin)
+            self._settle(plugin, with_counts(self.client, plugin, entries), now, stats)
+            self._history[plugin] = entries[-1].id
+
+    def _reclaim(self, now: datetime, stats: LoopStats) -> None:
+        min_idle = self.settings.visibility_timeout_seconds * 1000
+        for plugin in self.plugins:
+            cursor = self._reclaim_cursor.get(plugin, "0-0")
+            for _ in range(_RECLAIM_PAGES):
+                cursor, entries = autoclaim_page(
+                    self.client,
+                    plugin,
+                    consumer=self.name,
+                    min_idle_ms=min_idle,
+                    cursor=cursor,
+                    count=self.settings.stream_read_count,
+                )
+                if entries:
+                    stats.reclaimed += len(entries)
+                    self._settle(plugin, with_counts(self.client, plugin, entries), now, stats)
+                if cursor == "0-0":
+                    break
+            self._reclaim_cursor[plugin] = cursor
+
+    def _settle(self, plugin: str, entries: list[Entry], now: datetime, stats: LoopStats) -> None:
+        # Remembered before any database call: XAUTOCLAIM has already forgotten them.
+        self._deleted.setdefault(plugin, set()).update(e.id for e in entries if e.deleted)
+        live = [e for e in entries if not e.deleted]
+        parsed = {e.id: parse_entry(e.fields) for e in live}
+        run_ids = [p.run_id for p in parsed.values() if isinstance(p, Envelope)]
+        try:
+            with session_scope() as session:
+                states = runs.states(session, run_ids)
+        except DB_ERRORS:
+            # This read counted a delivery nobody made: take it back, and wait.
+            keep(self.client, plugin, consumer=self.name, entries=live)
+            raise
+        decided = decide_all(
+            live,
+            parsed,
+            states,
+            now=now,
+            max_deliveries=self.settings.max_deliveries,
+            visibility_ms=self.settings.visibility_timeout_seconds * 1000,
+        )
+        acks = [e.id for e, d in decided if d.action == Action.ACK]
+        if acks:
+            self.client.xack(keys.stream(plugin), keys.GROUP, *acks)
+            stats.acked += len(acks)
+        kept = [e for e, d in decided if d.action == Action.KEEP]
+        keep(self.client, plugin, consumer=self.name, entries=kept)
+        stats.kept += len(kept)
+        self._dispatch(
+            [
+                Dispatch(d.run_id, plugin, e.id)
+                for e, d in decided
+                if d.action == Action.DISPATCH and d.run_id
+            ],
+            stats,
+        )
+        for entry, decision in decided:
+            if decision.action == Action.DEAD_LETTER:
+                self._dead_letter(entry, decision, now, stats)
+        self._republish_deleted(now, stats)
+
+    def _republish_deleted(self, now: datetime, stats: LoopStats) -> None:
+        """Entries gone from the stream while pending: publish their runs again from the rows."""
+        for plugin, deleted in list(self._deleted.items()):
+            if not deleted:
+                continue
+            ids = sorted(deleted)
+            with session_scope() as session:
+                refs = load_refs(session, plugin=plugin, stream_ids=ids)
+                published = publish_runs(session, refs, now=now, client=self.client)
+            # History reads leave deleted ids in the PEL (XAUTOCLAIM already dropped its own).
+            self.client.xack(keys.stream(plugin), keys.GROUP, *ids)
+            del self._deleted[plugin]
+            stats.republished += len(published)
+            log.warning(
+                "%d entries of %s were deleted while pending; republished %d non-terminal run(s)",
+                len(ids),
+                plugin,
+                len(published),
+            )
