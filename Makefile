@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv services lint typecheck test demo run bench chaos clean
+.PHONY: help venv services browser lint typecheck test demo run bench chaos clean
 
 help:
 	@echo "make demo   - set everything up and run a digest through the whole pipeline"
@@ -34,6 +34,12 @@ services:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || { echo "PostgreSQL is not answering on 127.0.0.1:5432"; exit 1; }
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { echo "Redis is not answering on 127.0.0.1:6379"; exit 1; }
 
+# The Flower test drives Debian's chromium (a test tool's own browser download cannot work here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 lint: venv
 	$(BIN)/ruff check app tests migrations bench plugins
 	$(BIN)/ruff format --check app tests migrations bench plugins
@@ -41,7 +47,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: venv services lint typecheck
+test: venv services browser lint typecheck
 	$(BIN)/pytest
 
 # The embedded default: SQLite under ./var and the local Redis (or a private one it starts).

@@ -11,6 +11,14 @@ from typing import Any
 from app.celery_app import celery_app
 
 
+def task_id_for(run_id: object, entry_id: str | None) -> str:
+    """The Celery task id of one dispatch of a run: the run id shows in Flower's task list.
+
+    The stream entry id keeps re-dispatches of the same run distinct.
+    """
+    return f"run-{run_id}-{entry_id or 'direct'}"
+
+
 @celery_app.task(name="app.tasks.execute_run", acks_late=True, ignore_result=True)
 def execute_run(
     run_id: str,

@@ -1,0 +1,125 @@
+"""Flower against a real worker, in Debian's headless Chromium: login required, runs visible."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from app import api
+from app.db.engine import session_scope
+from app.plugins.registry import discover
+from app.plugins.sync import sync_plugins
+from app.supervise import free_port
+from tests.conftest import ROOT, unique_email
+from tests.processes import ARTIFACTS, ManagedProcess, celery_worker
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+AUTH = ("ops", "flower-test-password-123")
+
+pytestmark = pytest.mark.slow
+
+
+def _get(url: str, *, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url)
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.fixture
+def flower(db, redis_client) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    port = free_port()
+    proc = ManagedProcess(
+        "flower",
+        [sys.executable, "-m", "app", "flower", "--address", "127.0.0.1", "--port", str(port)],
+        env={"FLOWER_BASIC_AUTH": f"{AUTH[0]}:{AUTH[1]}"},
+    )
+    proc.start(ready=r"Visit me at|Listening|Registered", timeout=60)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while _get(url + "/healthcheck")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    yield url
+    proc.stop(timeout=15)
+    proc.kill()
+
+
+def test_flower_refuses_public_address_without_auth(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    monkeypatch.delenv("FLOWER_BASIC_AUTH", raising=False)
+    result = CliRunner().invoke(cli, ["flower", "--address", "0.0.0.0", "--port", "1"])
+    assert result.exit_code == 2 and "without authentication" in result.stderr
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_flower_login_and_execute_run_visible(flower: str) -> None:
+    assert _get(flower + "/tasks")[0] == 401
+    assert _get(flower + "/api/tasks", auth=("ops", "wrong"))[0] == 401
+
+    with session_scope() as session:
+        sync_plugins(session, discover(ROOT / "plugins"))
+    user = api.create_user(unique_email())
+    with celery_worker(pool="threads", concurrency=2):
+        run = api.trigger_run(user.id, "daily-news-digest")
+        from app.tasks import execute_run, task_id_for
+
+        # Straight to Celery (no consumer in this test): Flower sees the task and its arguments.
+        execute_run.apply_async(
+            args=(str(run.run_id),),
+            kwargs={"plugin": "daily-news-digest"},
+            task_id=task_id_for(run.run_id, None),
+        )
+        done = api.wait_for_run(run.run_id, timeout=120)
+        assert done.status.value == "completed"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status, body = _get(flower + "/api/tasks", auth=AUTH)
+            if status == 200 and str(run.run_id) in body.decode():
+                break
+            time.sleep(0.5)
+        tasks = json.loads(_get(flower + "/api/tasks", auth=AUTH)[1])
+        ours = [t for t in tasks.values() if str(run.run_id) in str(t.get("args"))]
+        assert ours and ours[0]["name"] == "app.tasks.execute_run"
+        assert "daily-news-digest" in str(ours[0].get("kwargs"))
+
+        from playwright.sync_api import sync_playwright
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "flower-tasks.png"
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
+            )
+            try:
+                context = browser.new_context(
+                    http_credentials={"username": AUTH[0], "password": AUTH[1]},
+                    viewport={"width": 1600, "height": 900},
+                )
+                page = context.new_page()
+                response = page.goto(flower + "/tasks")
+                assert response is not None and response.status == 200
+                try:
+                    page.get_by_text(str(run.run_id)).first.wait_for(timeout=20_000)
+                finally:
+                    page.screenshot(path=str(shot), full_page=True)
+                assert "execute_run" in page.content()
+            finally:
+                browser.close()
+        assert shot.stat().st_size > 10_000
