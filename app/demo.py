@@ -122,7 +122,7 @@ def _start_processes(sup: Supervisor, console: Console) -> str:
             ],
             ready=r"ready\.",
         )
-        sup.start("consumer", [_bin("first-sip"), "consumer"], ready=r"consumer (started|ready)")
+        sup.start("consumer", [_bin("first-sip"), "consumer"], ready=r"consumer \S+ ready")
         beat_schedule = VAR_DIR / "celerybeat-schedule"
         sup.start("beat", [*celery, "beat", f"--schedule={beat_schedule}"], ready=r"beat: Starting")
         port = free_port()
@@ -181,7 +181,9 @@ def run_demo(*, timeout: float = 300.0) -> int:
     try:
         sup.env = _prepare_environment(sup, console)
         from app.commands.ops import release
+        from app.logs import configure_logging
 
+        configure_logging("WARNING")  # the children's logs go to var/demo-logs; keep this terminal for the story
         release()  # migrate + sync, exactly as a deploy does
         flower_url = _start_processes(sup, console)
         user, _, password = sup.env["FLOWER_BASIC_AUTH"].partition(":")
