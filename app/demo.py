@@ -183,7 +183,7 @@ def run_demo(*, timeout: float = 300.0) -> int:
         from app.commands.ops import release
         from app.logs import configure_logging
 
-        configure_logging("WARNING")  # the children's logs go to var/demo-logs; keep this terminal for the story
+        configure_logging("WARNING")  # children log to var/demo-logs; this terminal tells the story
         release()  # migrate + sync, exactly as a deploy does
         flower_url = _start_processes(sup, console)
         user, _, password = sup.env["FLOWER_BASIC_AUTH"].partition(":")
