@@ -31,13 +31,20 @@ TASK_KEYS = {"description", "expected_output", "agent", "context", "markdown"}
 TASK_REQUIRED = ("description", "expected_output", "agent")
 
 
-def load_mapping(folder: Path, relative: str) -> tuple[str, dict[str, dict[str, Any]]]:
-    """Read ``relative`` (confined to ``folder``) as a mapping of name -> mapping."""
+def load_mapping(
+    folder: Path, relative: str, *, plugin_folder: Path
+) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Read ``relative`` (confined to ``folder``) as a mapping of name -> mapping.
+
+    Errors name the file as ``<plugin folder name>/<path inside it>``.
+    """
     try:
         path = resolve_inside(folder, relative)
     except PathEscapeError as exc:
         raise PermanentError(str(exc)) from exc
-    where = f"{folder.name}/{relative}"
+    root = plugin_folder.resolve()
+    inside = path.relative_to(root) if path.is_relative_to(root) else Path(relative)
+    where = f"{plugin_folder.name}/{inside}"
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -102,8 +109,8 @@ def crew_from_yaml(ctx: CrewContext, *, agents_file: str, tasks_file: str) -> An
     """A sequential ``Crew`` whose agents all use ``ctx.llm``, from files next to the entry point."""
     from crewai import Crew, Process
 
-    agents_where, agents_spec = load_mapping(ctx.crew_folder, agents_file)
-    tasks_where, tasks_spec = load_mapping(ctx.crew_folder, tasks_file)
+    agents_where, agents_spec = load_mapping(ctx.crew_folder, agents_file, plugin_folder=ctx.folder)
+    tasks_where, tasks_spec = load_mapping(ctx.crew_folder, tasks_file, plugin_folder=ctx.folder)
     agents = _agents(agents_where, agents_spec, ctx.llm)
     tasks = _tasks(tasks_where, tasks_spec, agents)
     used = {task.agent.role for task in tasks}
