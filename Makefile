@@ -54,6 +54,10 @@ test: venv services browser lint typecheck
 demo: venv
 	$(BIN)/first-sip demo
 
+# The full chaos run: 2,000 runs under worker/consumer/beat kills, a PostgreSQL restart and a Redis flush.
+chaos: venv services
+	$(BIN)/python -m tests.chaos --runs 2000 $(if $(SEED),--seed $(SEED),)
+
 run: venv
 	$(BIN)/honcho start -f Procfile worker beat consumer web
 

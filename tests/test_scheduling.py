@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -43,7 +44,9 @@ def test_new_york_spring_forward_gap_runs_at_first_valid_minute() -> None:
     # 2026-03-08 02:00 EST -> 03:00 EDT: 02:30 does not exist; run at 03:00 EDT (07:00 UTC).
     assert next_run_at(daily("02:30"), "America/New_York", after=utc(2026, 3, 7, 12)) == utc(2026, 3, 8, 7, 0)
     # The day after, 02:30 exists again (EDT, 06:30 UTC).
-    assert next_run_at(daily("02:30"), "America/New_York", after=utc(2026, 3, 8, 7, 0)) == utc(2026, 3, 9, 6, 30)
+    assert next_run_at(daily("02:30"), "America/New_York", after=utc(2026, 3, 8, 7, 0)) == utc(
+        2026, 3, 9, 6, 30
+    )
 
 
 def test_new_york_fall_back_ambiguous_runs_once() -> None:
@@ -65,9 +68,13 @@ def test_berlin_both_transitions() -> None:
 
 def test_chatham_quarter_hour_offsets() -> None:
     # January is Chatham daylight time, UTC+13:45: 06:00 local = 16:15 UTC the day before.
-    assert next_run_at(daily("06:00"), "Pacific/Chatham", after=utc(2026, 1, 10, 0)) == utc(2026, 1, 10, 16, 15)
+    assert next_run_at(daily("06:00"), "Pacific/Chatham", after=utc(2026, 1, 10, 0)) == utc(
+        2026, 1, 10, 16, 15
+    )
     # July is standard time, UTC+12:45.
-    assert next_run_at(daily("06:00"), "Pacific/Chatham", after=utc(2026, 7, 10, 0)) == utc(2026, 7, 10, 17, 15)
+    assert next_run_at(daily("06:00"), "Pacific/Chatham", after=utc(2026, 7, 10, 0)) == utc(
+        2026, 7, 10, 17, 15
+    )
 
 
 def test_time_zone_change_moves_the_slot() -> None:
@@ -127,15 +134,17 @@ ZONES = ["America/New_York", "Europe/Berlin", "Pacific/Chatham", "Australia/Lord
     minute=st.integers(0, 59),
     start=st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2030, 1, 1)),
 )
-def test_daily_slots_are_increasing_and_one_per_local_day(zone_name: str, hour: int, minute: int, start: datetime) -> None:
+def test_daily_slots_are_increasing_and_one_per_local_day(
+    zone_name: str, hour: int, minute: int, start: datetime
+) -> None:
     settings = daily(f"{hour:02d}:{minute:02d}")
     after = start.replace(tzinfo=UTC)
     slots = []
     for _ in range(4):
         after = next_run_at(settings, zone_name, after=after)
         slots.append(after)
-    assert all(a < b for a, b in zip(slots, slots[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(slots))
     from zoneinfo import ZoneInfo
 
     days = [s.astimezone(ZoneInfo(zone_name)).date() for s in slots]
-    assert all((b - a).days == 1 for a, b in zip(days, days[1:], strict=False))
+    assert all((b - a).days == 1 for a, b in itertools.pairwise(days))
