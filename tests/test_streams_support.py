@@ -21,6 +21,7 @@ from app.celery_app import RUNS_QUEUE
 from app.config import Settings, get_settings
 from app.db.engine import session_scope
 from app.db.models import PluginRow, PluginRun, RunStatus, User
+from app.redis_client import get_redis
 from app.streams import keys
 from app.streams.consumer import StreamConsumer
 from app.streams.producer import RunRef, publish_runs
@@ -125,12 +126,10 @@ def age(client: redis.Redis, plugin: str, *, ms: int = 10 * 60 * 1000) -> None:
         )
 
 
-def dead_letters(client: redis.Redis, plugin: str) -> list[dict[str, str]]:
-    """The plugin's dead letters as decoded field dicts, oldest first."""
-    return [
-        {_s(k): _s(v) for k, v in fields.items()}
-        for _id, fields in client.xrange(keys.dead_letters(plugin))  # type: ignore[union-attr]
-    ]
+def dead_letters(_client: redis.Redis, plugin: str) -> list[dict[str, str]]:
+    """The plugin's dead letters as field dicts (binary-safe: bad bytes replaced), oldest first."""
+    reply: Any = get_redis(decode_responses=False).xrange(keys.dead_letters(plugin))
+    return [{_s(k): _s(v) for k, v in fields.items()} for _id, fields in reply]
 
 
 def _s(value: Any) -> str:

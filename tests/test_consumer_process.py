@@ -1,0 +1,188 @@
+"""The consumer as a real process: signals, health check, scale-out, crashes, restarts, outages.
+
+Each test starts ``python -m app consumer`` with a short visibility timeout and
+observes real outcomes: the group's pending list, the Celery broker's queue,
+the run rows and the exit status. Waits are bounded by generous limits that
+only catch hangs; no assertion depends on how fast anything is.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+
+from app.db.models import RunStatus
+from tests.processes import ManagedProcess
+from tests.test_streams_support import (
+    add_plugin,
+    broker_tasks,
+    clear_broker,
+    pending,
+    publish,
+    run_row,
+    set_run,
+)
+
+pytestmark = pytest.mark.slow
+
+FAST = {
+    "VISIBILITY_TIMEOUT_SECONDS": "2",
+    "RECLAIM_INTERVAL_SECONDS": "0.3",
+    "STREAM_BLOCK_MS": "200",
+    "CONSUMER_HEARTBEAT_SECONDS": "0.5",
+    "PLUGIN_REFRESH_SECONDS": "0.5",
+    "MAX_DELIVERIES": "100",
+}
+#: A limit for a hung test, never a performance threshold.
+WAIT = 60.0
+
+
+def wait_until(condition: Callable[[], object], what: str, *, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_consumer(label: str = "consumer", **env: str) -> tuple[ManagedProcess, str]:
+    """A running consumer process and its consumer name."""
+    process = ManagedProcess(label, [sys.executable, "-m", "app", "consumer"], env={**FAST, **env})
+    process.start(ready=r"consumer \S+ ready", timeout=WAIT)
+    match = re.search(r"consumer (\S+) ready", process.output)
+    assert match is not None
+    return process, match.group(1)
+
+
+@contextmanager
+def running(label: str = "consumer", **env: str) -> Iterator[tuple[ManagedProcess, str]]:
+    process, name = start_consumer(label, **env)
+    try:
+        yield process, name
+    finally:
+        process.kill()
+
+
+def check() -> int:
+    return subprocess.run(
+        [sys.executable, "-m", "app", "consumer", "--check"], capture_output=True
+    ).returncode
+
+
+def owned_by(client: redis.Redis, plugin: str, name: str) -> set[str]:
+    return {entry for entry, (owner, _count) in pending(client, plugin).items() if owner == name}
+
+
+def test_health_check_and_sigterm_drain(db, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    add_plugin("alpha")
+    assert check() == 1
+    with running() as (consumer, name):
+        wait_until(lambda: check() == 0, "a live heartbeat")
+        publish("alpha", 3000)
+        wait_until(lambda: owned_by(redis_client, "alpha", name), "the consumer to read entries")
+        code, _seconds = consumer.stop(signal.SIGTERM, timeout=10)  # raises if it takes longer
+        assert code == 0
+        assert re.search(r"consumer \S+ stopped after .*dispatched=\d+", consumer.output)
+    # Everything it read was dispatched before it exited; the rest is pending or unread.
+    dispatched = {t.kwargs["entry_id"] for t in broker_tasks(redis_client)}
+    assert owned_by(redis_client, "alpha", name) == dispatched
+    assert check() == 1  # a clean stop releases the heartbeat
+
+
+def test_two_consumers_split_a_stream(db, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    add_plugin("alpha")
+    with running("consumer-a") as (_a, name_a), running("consumer-b") as (_b, name_b):
+        run_ids = []
+        for _ in range(30):
+            run_ids += publish("alpha", 10)
+            time.sleep(0.02)
+        wait_until(lambda: len(broker_tasks(redis_client)) >= 300, "300 dispatches")
+        tasks = broker_tasks(redis_client)
+    entries = [t.kwargs["entry_id"] for t in tasks]
+    assert len(entries) == len(set(entries)) == 300  # no entry handed to Celery twice
+    assert sorted(t.run_id for t in tasks) == sorted(str(r) for r in run_ids)
+    owners = {owner for owner, _count in pending(redis_client, "alpha").values()}
+    assert owners == {name_a, name_b}  # both took a share
+
+
+def test_sigkilled_consumer_entries_are_reclaimed_by_another(db, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    add_plugin("alpha")
+    with running("doomed") as (doomed, doomed_name):
+        run_ids = publish("alpha", 500)
+        wait_until(lambda: owned_by(redis_client, "alpha", doomed_name), "the doomed consumer to read")
+        doomed.kill()  # SIGKILL, mid-batch or between batches: no chance to clean up
+    orphaned = owned_by(redis_client, "alpha", doomed_name)
+    assert orphaned
+    clear_broker(redis_client)
+    with running("survivor") as (_survivor, name):
+        # After the visibility timeout (2 s here) the survivor takes every orphan over.
+        wait_until(lambda: not owned_by(redis_client, "alpha", doomed_name), "the orphans to be reclaimed")
+        wait_until(lambda: len(pending(redis_client, "alpha")) == 500, "all 500 entries read")
+        wait_until(
+            lambda: {t.run_id for t in broker_tasks(redis_client)} == {str(r) for r in run_ids},
+            "every run dispatched again",
+        )
+    assert owned_by(redis_client, "alpha", name) == set(pending(redis_client, "alpha"))
+
+
+def test_restart_with_a_stable_name_resumes_its_pending_entries(db, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    add_plugin("alpha")
+    # A visibility timeout far beyond the test: only the ID 0 read at start can resume them.
+    env = {"CONSUMER_NAME": "stable-1", "VISIBILITY_TIMEOUT_SECONDS": "3600"}
+    with running("first", **env) as (first, _name):
+        run_ids = publish("alpha", 20)
+        wait_until(lambda: len(broker_tasks(redis_client)) == 20, "20 dispatches")
+        assert first.stop(signal.SIGTERM, timeout=10)[0] == 0
+    set_run(run_ids[0], status=RunStatus.COMPLETED)  # finished meanwhile: acked, not re-sent
+    clear_broker(redis_client)
+    with running("again", **env) as (again, _name):
+        wait_until(lambda: len(broker_tasks(redis_client)) == 19, "19 re-dispatches")
+        wait_until(lambda: len(pending(redis_client, "alpha")) == 19, "the finished run's entry acked")
+        assert "settling 20 pending entries" in again.output
+    assert {t.run_id for t in broker_tasks(redis_client)} == {str(r) for r in run_ids[1:]}
+
+
+def test_long_run_with_a_live_lease_is_not_redispatched(db, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    add_plugin("alpha")
+    with running(VISIBILITY_TIMEOUT_SECONDS="1", RECLAIM_INTERVAL_SECONDS="0.1"):
+        (run_id,) = publish("alpha", 1)
+        wait_until(lambda: len(broker_tasks(redis_client)) == 1, "the first dispatch")
+        entry = run_row(run_id).stream_id
+        assert entry is not None
+        set_run(run_id, status=RunStatus.PROCESSING, lease_expires_at=datetime.now(UTC) + timedelta(hours=1))
+        clear_broker(redis_client)
+
+        resets = 0
+        last_idle = 0
+
+        def idle_reset_twice() -> bool:
+            # Each reclaim of the live run resets its idle time: count the drops.
+            nonlocal resets, last_idle
+            (row,) = redis_client.xpending_range("" + _stream("alpha"), "workers", entry, entry, 1)
+            idle = int(row["time_since_delivered"])
+            if idle < last_idle:
+                resets += 1
+            last_idle = idle
+            return resets >= 2
+
+        wait_until(idle_reset_twice, "two reclaim rounds to look at the live run")
+        assert broker_tasks(redis_client) == []  # looked at, never re-sent
+        assert pending(redis_client, "alpha")[entry][1] == 1  # and no delivery counted
+        set_run(run_id, lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))  # the worker died
+        wait_until(lambda: len(broker_tasks(redis_client)) == 1, "the re-dispatch after the lease expired")
+
+
+def _stream(plugin: str) -> str:
+    from app.streams import keys
+
+    return keys.stream(plugin)
