@@ -322,6 +322,7 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
         _faults(cfg, fleet, pg, rds, rng, window, t0, faults)
         trigger.join()
         statuses, last_done = _wait_terminal(cfg, t0)
+        notes = _failure_reasons()
         from app.redis_client import get_redis
         from app.streams import keys
 
@@ -340,6 +341,7 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
             dead_letters=dead,
             recovery_seconds=max(0.0, last_done - last_fault),
             wall_seconds=time.monotonic() - t0,
+            notes=notes,
         )
     finally:
         fleet.stop_all()
@@ -350,6 +352,24 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
         get_settings.cache_clear()
         pg.stop()
         rds.stop()
+
+
+def _failure_reasons() -> list[str]:
+    """Why runs that did not complete ended as they did (most common first)."""
+    from sqlalchemy import func, select
+
+    from app.db.engine import session_scope
+    from app.db.models import PluginRun
+
+    with session_scope() as session:
+        rows = session.execute(
+            select(PluginRun.status, PluginRun.error_message, func.count())
+            .where(PluginRun.status != "completed")
+            .group_by(PluginRun.status, PluginRun.error_message)
+            .order_by(func.count().desc())
+            .limit(10)
+        ).all()
+    return [f"{count} x {status}: {message}" for status, message, count in rows]
 
 
 def _wait_terminal(cfg: ChaosConfig, t0: float) -> tuple[dict[str, int], float]:
