@@ -38,12 +38,11 @@ import logging
 import os
 import secrets
 import socket
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 
 from app.config import Settings, get_settings
@@ -55,54 +54,19 @@ from app.streams import keys
 from app.streams.dispatch import Dispatch, Dispatcher
 from app.streams.dlq import move_to_dead_letters
 from app.streams.envelope import Envelope, Reason, parse_entry
+from app.streams.errors import DB_ERRORS
 from app.streams.groups import ensure_group, remove_idle_consumers
-from app.streams.producer import load_refs, publish_runs, trim_stream
-from app.streams.reclaim import (
-    Action,
-    Decision,
-    Entry,
-    autoclaim_page,
-    decide_all,
-    entries_from,
-    keep,
-    rejection,
-    with_counts,
-)
+from app.streams.producer import trim_stream
+from app.streams.reclaim import Decision, Entry, entries_from, rejection
+from app.streams.settle import Settler
+from app.streams.stats import LoopStats
 
 log = logging.getLogger(__name__)
-
-#: PostgreSQL is unreachable (down, restarting, network): wait, entries stay pending.
-DB_ERRORS: tuple[type[Exception], ...] = (sa_exc.OperationalError, sa_exc.InterfaceError)
-# A reclaim round follows XAUTOCLAIM's cursor at most this many pages per stream, then
-# resumes from the saved cursor next round, so one huge backlog cannot stall the loop.
-_RECLAIM_PAGES = 10
 
 
 def default_name() -> str:
     """``<host>-<pid>-<random>``: unique across hosts, processes and restarts."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
-@dataclass
-class LoopStats:
-    """What one iteration (or, summed, a process) did."""
-
-    read: int = 0
-    dispatched: int = 0
-    reclaimed: int = 0
-    acked: int = 0
-    kept: int = 0
-    dead_lettered: int = 0
-    republished: int = 0
-
-    def add(self, other: LoopStats) -> None:
-        """Add ``other``'s counts to these."""
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-    def summary(self) -> str:
-        """``read=.. dispatched=..`` for log lines."""
-        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
 
 
 @dataclass(frozen=True)
@@ -135,11 +99,15 @@ class StreamConsumer:
         self.dispatcher = dispatcher or Dispatcher()
         self.plugins: list[str] = []
         self.totals = LoopStats()
-        self._history: dict[str, str] = {}  # plugin -> cursor in this consumer's own pending entries
         self._undispatched: list[Dispatch] = []
         self._fails: list[_Fail] = []
-        self._reclaim_cursor: dict[str, str] = {}
-        self._deleted: dict[str, set[str]] = {}  # plugin -> ids whose runs await republishing
+        self._settler = Settler(
+            client=self.client,
+            consumer=self.name,
+            settings=self.settings,
+            on_dispatch=self._dispatch,
+            on_dead_letter=self._dead_letter,
+        )
         self._next: dict[str, datetime] = {}  # phase -> when it is next due
         self._db_down_since: datetime | None = None
         self._turn = 0
@@ -149,7 +117,7 @@ class StreamConsumer:
     def initialize(self, now: datetime) -> None:
         """Join the group on every plugin's stream; raises if Redis or PostgreSQL is unreachable."""
         self._refresh_plugins()
-        self._history = dict.fromkeys(self.plugins, "0")
+        self._settler.start(self.plugins)
         self._next = {"refresh": now, "reclaim": now, "housekeeping": now, "db_retry": now}
         log.info("consumer %s joined group %r on %d stream(s)", self.name, keys.GROUP, len(self.plugins))
 
@@ -185,11 +153,11 @@ class StreamConsumer:
         try:
             if self._due("refresh", now, settings.plugin_refresh_seconds):
                 self._refresh_plugins()
-            if self._history:
-                self._settle_history(now, stats)
+            if self._settler.history:
+                self._settler.settle_history(now, stats)
             if self._due("reclaim", now, settings.reclaim_interval_seconds):
-                self._reclaim(now, stats)
-            self._republish_deleted(now, stats)
+                self._settler.reclaim(self.plugins, now, stats)
+            self._settler.republish_deleted(now, stats)
             self._flush_fails(now)
         except DB_ERRORS as exc:
             if self._db_down_since is None:
@@ -237,7 +205,7 @@ class StreamConsumer:
     # ---- new entries -------------------------------------------------------------------------
 
     def _read_new(self, *, block: bool) -> list[Entry]:
-        streams = [p for p in self.plugins if p not in self._history]
+        streams = [p for p in self.plugins if p not in self._settler.history]
         if not streams:
             return []
         count = self.settings.stream_read_count
@@ -337,99 +305,3 @@ class StreamConsumer:
                     continue
                 runs.fail_unless_terminal(session, fail.run_id, error=fail.message, now=now)
         self._fails = []
-
-    # ---- entries delivered before: own pending at start, and reclaim -------------------------
-
-    def _settle_history(self, now: datetime, stats: LoopStats) -> None:
-        for plugin, cursor in list(self._history.items()):
-            reply: Any = self.client.xreadgroup(
-                keys.GROUP, self.name, {keys.stream(plugin): cursor}, count=self.settings.stream_read_count
-            )
-            entries = [e for _key, pairs in reply or [] for e in entries_from(plugin, pairs)]
-            if not entries:
-                del self._history[plugin]
-                continue
-            log.info("settling %d pending entries of %s left by a previous run", len(entries), plugin)
-            self._settle(plugin, with_counts(self.client, plugin, entries), now, stats)
-            self._history[plugin] = entries[-1].id
-
-    def _reclaim(self, now: datetime, stats: LoopStats) -> None:
-        min_idle = self.settings.visibility_timeout_seconds * 1000
-        for plugin in self.plugins:
-            cursor = self._reclaim_cursor.get(plugin, "0-0")
-            for _ in range(_RECLAIM_PAGES):
-                cursor, entries = autoclaim_page(
-                    self.client,
-                    plugin,
-                    consumer=self.name,
-                    min_idle_ms=min_idle,
-                    cursor=cursor,
-                    count=self.settings.stream_read_count,
-                )
-                if entries:
-                    stats.reclaimed += len(entries)
-                    self._settle(plugin, with_counts(self.client, plugin, entries), now, stats)
-                if cursor == "0-0":
-                    break
-            self._reclaim_cursor[plugin] = cursor
-
-    def _settle(self, plugin: str, entries: list[Entry], now: datetime, stats: LoopStats) -> None:
-        # Remembered before any database call: XAUTOCLAIM has already forgotten them.
-        self._deleted.setdefault(plugin, set()).update(e.id for e in entries if e.deleted)
-        live = [e for e in entries if not e.deleted]
-        parsed = {e.id: parse_entry(e.fields) for e in live}
-        run_ids = [p.run_id for p in parsed.values() if isinstance(p, Envelope)]
-        try:
-            with session_scope() as session:
-                states = runs.states(session, run_ids)
-        except DB_ERRORS:
-            # This read counted a delivery nobody made: take it back, and wait.
-            keep(self.client, plugin, consumer=self.name, entries=live)
-            raise
-        decided = decide_all(
-            live,
-            parsed,
-            states,
-            now=now,
-            max_deliveries=self.settings.max_deliveries,
-            visibility_ms=self.settings.visibility_timeout_seconds * 1000,
-        )
-        acks = [e.id for e, d in decided if d.action == Action.ACK]
-        if acks:
-            self.client.xack(keys.stream(plugin), keys.GROUP, *acks)
-            stats.acked += len(acks)
-        kept = [e for e, d in decided if d.action == Action.KEEP]
-        keep(self.client, plugin, consumer=self.name, entries=kept)
-        stats.kept += len(kept)
-        self._dispatch(
-            [
-                Dispatch(d.run_id, plugin, e.id)
-                for e, d in decided
-                if d.action == Action.DISPATCH and d.run_id
-            ],
-            stats,
-        )
-        for entry, decision in decided:
-            if decision.action == Action.DEAD_LETTER:
-                self._dead_letter(entry, decision, now, stats)
-        self._republish_deleted(now, stats)
-
-    def _republish_deleted(self, now: datetime, stats: LoopStats) -> None:
-        """Entries gone from the stream while pending: publish their runs again from the rows."""
-        for plugin, deleted in list(self._deleted.items()):
-            if not deleted:
-                continue
-            ids = sorted(deleted)
-            with session_scope() as session:
-                refs = load_refs(session, plugin=plugin, stream_ids=ids)
-                published = publish_runs(session, refs, now=now, client=self.client)
-            # History reads leave deleted ids in the PEL (XAUTOCLAIM already dropped its own).
-            self.client.xack(keys.stream(plugin), keys.GROUP, *ids)
-            del self._deleted[plugin]
-            stats.republished += len(published)
-            log.warning(
-                "%d entries of %s were deleted while pending; republished %d non-terminal run(s)",
-                len(ids),
-                plugin,
-                len(published),
-            )

@@ -6,7 +6,12 @@ returns them as values and the consumer dead-letters them.
 
 from __future__ import annotations
 
+from sqlalchemy import exc as sa_exc
+
 from app.errors import FirstSipError, NotFoundError, RunStateError
+
+#: PostgreSQL is unreachable (down, restarting, network): wait and retry, entries stay pending.
+DB_ERRORS: tuple[type[Exception], ...] = (sa_exc.OperationalError, sa_exc.InterfaceError)
 
 
 class StreamError(FirstSipError):

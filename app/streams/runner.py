@@ -32,7 +32,8 @@ from kombu.exceptions import KombuError
 
 from app.config import get_settings
 from app.streams import heartbeat
-from app.streams.consumer import DB_ERRORS, StreamConsumer
+from app.streams.consumer import StreamConsumer
+from app.streams.errors import DB_ERRORS
 
 log = logging.getLogger(__name__)
 
