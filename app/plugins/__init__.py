@@ -1,11 +1,7 @@
 """Plugins: the manifest model, discovery into a registry, settings validation, sync to the DB.
 
-Nothing here imports CrewAI: the registry is used by light processes (beat,
-consumer, API, CLI). The crew itself is loaded only by the worker.
+Import the submodule you need (``app.plugins.registry``, ``app.plugins.settings``...):
+this package imports nothing itself, so the light processes that only need a
+plugin name rule (``app.plugins.names``) do not pay for YAML and JSON Schema.
+Nothing here imports CrewAI; the crew itself is loaded only by the worker.
 """
-
-from app.plugins.manifest import PluginManifest
-from app.plugins.registry import Plugin, Registry, discover, load_plugin
-from app.plugins.settings import validate_settings
-
-__all__ = ["Plugin", "PluginManifest", "Registry", "discover", "load_plugin", "validate_settings"]

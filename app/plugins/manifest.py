@@ -17,9 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.errors import PluginError, Problem
+from app.plugins.names import PLUGIN_NAME_RE
 
 MANIFEST_FILE = "plugin.yaml"
-PLUGIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 # Semantic Versioning 2.0.0, the official regular expression.
 SEMVER_RE = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"

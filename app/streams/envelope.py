@@ -23,7 +23,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from app.plugins.manifest import PLUGIN_NAME_RE
+from app.plugins.names import PLUGIN_NAME_RE
 from app.streams import keys
 
 #: The message version this code writes and reads.

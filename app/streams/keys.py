@@ -10,7 +10,7 @@ XREADGROUP, which is what makes any plugin's stream free to live on any node.
 from __future__ import annotations
 
 from app.config import get_settings
-from app.plugins.manifest import PLUGIN_NAME_RE
+from app.plugins.names import PLUGIN_NAME_RE
 
 #: The consumer group every stream consumer joins.
 GROUP = "workers"

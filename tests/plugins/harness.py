@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from app.db.engine import session_scope
 from app.db.models import TERMINAL_STATUSES, PluginRow, PluginRun, RunStatus, User, utcnow
-from app.plugins import discover
+from app.plugins.registry import discover
 from app.plugins.sync import sync_plugins
 from app.streams import keys
 
