@@ -201,11 +201,16 @@ def mark_queued(session: Session, entries: Iterable[tuple[uuid.UUID, str]], *, n
     params = [{"rid": rid, "sid": sid} for rid, sid in entries]
     if not params:
         return 0
+    if session.get_bind().dialect.name == "postgresql":
+        from app.db.bulk import mark_queued_pg  # one statement per batch on the publish hot path
+
+        return mark_queued_pg(session, params, now=now)
     stmt = (
         update(PluginRun.__table__)  # type: ignore[arg-type]
         .where(
             PluginRun.__table__.c.run_id == bindparam("rid"),
-            PluginRun.__table__.c.status.in_(_WAITING),
+            # Literal ORs, not IN: an expanding IN cannot be used with executemany.
+            or_(*(PluginRun.__table__.c.status == status.value for status in _WAITING)),
         )
         .values(status=RunStatus.QUEUED, stream_id=bindparam("sid"), queued_at=now, updated_at=now)
     )
