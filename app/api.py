@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -34,6 +34,9 @@ from app.db.models import (
 from app.errors import FirstSipError, NotFoundError, PluginDisabledError, RunStateError
 from app.plugins.settings import spec_from_row, validate_settings
 from app.scheduling import ScheduleError, next_run_at, zone
+
+if TYPE_CHECKING:
+    from app.streams.dlq import DeadLetter, ReplayResult
 
 
 class AlreadyExistsError(FirstSipError):
@@ -393,3 +396,20 @@ def cancel_run(run_id: uuid.UUID | str) -> RunInfo:
                 raise NotFoundError(f"no run {rid}")
             raise RunStateError(f"run {rid} is already {current}; only unfinished runs can be cancelled")
     return get_run(rid)
+
+
+# ---- dead letters -------------------------------------------------------------------------
+
+
+def dead_letters(plugin: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
+    """Dead-lettered stream entries (all plugins, or one), newest first, with their reasons."""
+    from app.streams import dlq
+
+    return dlq.list_dead_letters(plugin, limit=limit)
+
+
+def replay_dead_letter(ref: str) -> ReplayResult:
+    """A fresh attempt of a dead letter's run (``<plugin>/<entry id>``): run reset, new entry published."""
+    from app.streams import dlq
+
+    return dlq.replay(ref)

@@ -266,3 +266,43 @@ def test_schema_evolution_at_sync(user, plugins) -> None:  # type: ignore[no-unt
     with session_scope() as session:
         row = session.scalars(select(UserPluginConfig).where(UserPluginConfig.user_id == keep.id)).one()
         assert row.plugin_version == "3.0.0"
+
+
+def test_dead_letters_list_and_replay(user, redis_client) -> None:  # type: ignore[no-untyped-def]
+    from app.db import runs as run_states
+    from app.streams.dlq import move_to_dead_letters
+    from app.streams.envelope import Reason
+
+    assert api.dead_letters() == []
+    run = api.trigger_run(user.id, "api-plugin")
+    client = __import__("app.redis_client", fromlist=["get_redis"]).get_redis(decode_responses=False)
+    client.xgroup_create(keys.stream("api-plugin"), keys.GROUP, id="0", mkstream=True)
+    ((_, entries),) = client.xreadgroup(keys.GROUP, "t", {keys.stream("api-plugin"): ">"})
+    entry_id, fields = entries[0]
+    now = datetime.now(UTC)
+    move_to_dead_letters(
+        client,
+        plugin="api-plugin",
+        entry_id=entry_id.decode(),
+        fields=fields,
+        reason=Reason.MAX_DELIVERIES,
+        message="delivered 6 times",
+        delivery_count=6,
+        consumer="t",
+        now=now,
+    )
+    with session_scope() as session:
+        run_states.fail_unless_terminal(
+            session, run.run_id, error="dead-lettered: delivered 6 times", now=now
+        )
+    (letter,) = api.dead_letters()
+    assert letter.plugin == "api-plugin" and letter.run_id == run.run_id and letter.delivery_count == 6
+    assert api.dead_letters("api-plugin") == [letter]
+
+    result = api.replay_dead_letter(letter.ref)
+    assert result.replayed and result.run_id == run.run_id and result.new_entry_id
+    replayed = api.get_run(run.run_id)
+    assert replayed.status == RunStatus.QUEUED
+    assert api.dead_letters() == []
+    with pytest.raises(NotFoundError):
+        api.replay_dead_letter(letter.ref)
