@@ -214,3 +214,14 @@ def test_idle_consumers_with_nothing_pending_are_removed(db, redis_client: redis
     names = {c["name"] for c in redis_client.xinfo_consumers(key, keys.GROUP)}  # type: ignore[union-attr]
     assert names == {"c1", "busy"}  # c1 is the caller itself: kept however idle
     assert remove_idle_consumers(redis_client, "alpha", idle_ms=3_600_000, keep="c1") == []
+
+
+def test_a_deleted_stream_gets_its_group_back(db, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    consumer, now = _started()
+    publish("alpha", 1)
+    consumer.loop_once(now, block=False)
+    redis_client.delete(keys.stream("alpha"))  # the stream, its group and its pending list are gone
+    consumer.loop_once(later(now, 10), block=False)  # reclaim and read both meet NOGROUP: no crash
+    (run_id,) = publish("alpha", 1)
+    stats = consumer.loop_once(later(now, 20), block=False)
+    assert stats.dispatched == 1 and broker_tasks(redis_client)[-1].run_id == str(run_id)

@@ -84,7 +84,8 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 def test_redis_outage_loses_nothing(db, private_redis: PrivateRedis) -> None:  # type: ignore[no-untyped-def]
     add_plugin("alpha")
     client = private_redis.client()
-    with running(REDIS_URL=private_redis.url) as (consumer, _name):
+    # No reclaim during the test (VISIBILITY_TIMEOUT_SECONDS): each dispatch is a first read.
+    with running(REDIS_URL=private_redis.url, VISIBILITY_TIMEOUT_SECONDS="3600") as (consumer, _name):
         first = publish("alpha", 10, client=client)
         wait_until(lambda: len(broker_tasks(client)) == 10, "10 dispatches")
         private_redis.stop()
@@ -155,7 +156,12 @@ def test_postgres_outage_keeps_dispatching_and_recovers(db, redis_client: redis.
     proxy.start()
     via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
     try:
-        with running(DATABASE_URL=via_proxy, PLUGIN_REFRESH_SECONDS="0.2") as (consumer, _name):
+        env = {
+            "DATABASE_URL": via_proxy,
+            "PLUGIN_REFRESH_SECONDS": "0.2",
+            "VISIBILITY_TIMEOUT_SECONDS": "3600",
+        }
+        with running(**env) as (consumer, _name):
             publish("alpha", 5)
             wait_until(lambda: len(broker_tasks(redis_client)) == 5, "5 dispatches")
             proxy.cut()

@@ -55,7 +55,7 @@ from app.streams.dispatch import Dispatch, Dispatcher
 from app.streams.dlq import move_to_dead_letters
 from app.streams.envelope import Envelope, Reason, parse_entry
 from app.streams.errors import DB_ERRORS
-from app.streams.groups import ensure_group, remove_idle_consumers
+from app.streams.groups import ensure_group, missing_group, remove_idle_consumers
 from app.streams.producer import trim_stream
 from app.streams.reclaim import Decision, Entry, entries_from, rejection
 from app.streams.settle import Settler
@@ -215,7 +215,7 @@ class StreamConsumer:
             replies = pipe.execute(raise_on_error=False)
         entries: list[Entry] = []
         for plugin, reply in zip(streams, replies, strict=True):
-            if isinstance(reply, redis.ResponseError) and "NOGROUP" in str(reply):
+            if isinstance(reply, redis.ResponseError) and missing_group(reply):
                 # Someone deleted the stream or the group: recreate it and read it next time.
                 log.warning("group missing on %s's stream; recreating it", plugin)
                 ensure_group(self.client, plugin)
@@ -230,13 +230,18 @@ class StreamConsumer:
         # Every stream was empty: block on one at a time, in turn (see the module docstring).
         plugin = streams[self._turn % len(streams)]
         self._turn += 1
-        blocked: Any = self.client.xreadgroup(
-            keys.GROUP,
-            self.name,
-            {keys.stream(plugin): ">"},
-            count=count,
-            block=max(10, block_ms // len(streams)),
-        )
+        try:
+            blocked: Any = self.client.xreadgroup(
+                keys.GROUP,
+                self.name,
+                {keys.stream(plugin): ">"},
+                count=count,
+                block=max(10, block_ms // len(streams)),
+            )
+        except redis.ResponseError as exc:
+            if not missing_group(exc):
+                raise
+            return []  # deleted meanwhile: the next iteration's non-blocking read recreates it
         return [e for _key, pairs in blocked or [] for e in entries_from(plugin, pairs)]
 
     def _handle_new(self, entries: list[Entry], now: datetime, stats: LoopStats) -> None:

@@ -43,6 +43,11 @@ def ensure_group(client: redis.Redis, plugin: str, *, create_stream: bool = True
     return True
 
 
+def missing_group(exc: Exception) -> bool:
+    """True for the NOGROUP error: the stream (and so its group) was deleted under us."""
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith("NOGROUP")
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 

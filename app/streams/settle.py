@@ -28,6 +28,7 @@ from app.streams import keys
 from app.streams.dispatch import Dispatch
 from app.streams.envelope import Envelope, parse_entry
 from app.streams.errors import DB_ERRORS
+from app.streams.groups import ensure_group, missing_group
 from app.streams.producer import load_refs, publish_runs
 from app.streams.reclaim import (
     Action,
@@ -74,9 +75,13 @@ class Settler:
     def settle_history(self, now: datetime, stats: LoopStats) -> None:
         """Settle the next page of this consumer's own pending entries in each stream still to do."""
         for plugin, cursor in list(self.history.items()):
-            reply: Any = self.client.xreadgroup(
-                keys.GROUP, self.name, {keys.stream(plugin): cursor}, count=self.settings.stream_read_count
-            )
+            try:
+                key, count = keys.stream(plugin), self.settings.stream_read_count
+                reply: Any = self.client.xreadgroup(keys.GROUP, self.name, {key: cursor}, count=count)
+            except redis.ResponseError as exc:
+                if not missing_group(exc):
+                    raise
+                reply = None  # the stream is gone, and this consumer's pending entries with it
             entries = [e for _key, pairs in reply or [] for e in entries_from(plugin, pairs)]
             if not entries:
                 del self.history[plugin]
@@ -91,14 +96,22 @@ class Settler:
         for plugin in plugins:
             cursor = self._cursor.get(plugin, "0-0")
             for _ in range(RECLAIM_PAGES):
-                cursor, entries = autoclaim_page(
-                    self.client,
-                    plugin,
-                    consumer=self.name,
-                    min_idle_ms=min_idle,
-                    cursor=cursor,
-                    count=self.settings.stream_read_count,
-                )
+                try:
+                    cursor, entries = autoclaim_page(
+                        self.client,
+                        plugin,
+                        consumer=self.name,
+                        min_idle_ms=min_idle,
+                        cursor=cursor,
+                        count=self.settings.stream_read_count,
+                    )
+                except redis.ResponseError as exc:
+                    if not missing_group(exc):
+                        raise
+                    log.warning("group missing on %s's stream; recreating it", plugin)
+                    ensure_group(self.client, plugin)
+                    cursor = "0-0"
+                    break
                 if entries:
                     stats.reclaimed += len(entries)
                     self._settle(plugin, with_counts(self.client, plugin, entries), now, stats)
