@@ -36,7 +36,7 @@ from app.config import Settings, get_settings
 from app.db import runs
 from app.db.engine import session_scope
 from app.db.models import TERMINAL_STATUSES, RunStatus, utcnow
-from app.errors import FirstSipError, SettingsValidationError
+from app.errors import SettingsValidationError
 from app.execution import runtime
 from app.execution.contract import CrewContext
 from app.execution.crew_loader import entry_point_file, find_plugin
@@ -148,8 +148,8 @@ def _run(claimed: runs.ClaimedRun, settings: Settings) -> Finish:
     except SettingsValidationError as exc:
         issues = "; ".join(str(issue) for issue in exc.errors)
         return _fail(lease, f"invalid input for plugin {claimed.plugin}: {issues}")
-    except FirstSipError as exc:
-        return _fail(lease, error_message(exc))
+    except Exception as exc:  # plugin missing or broken, LLM not constructible: classified like a crew error
+        return _failure(lease, exc, settings)
     ctx = CrewContext.create(
         run_id=str(claimed.run_id),
         plugin=plugin.name,
@@ -199,7 +199,7 @@ def _fail(lease: Lease, message: str) -> Finish:
 def _failure(lease: Lease, exc: BaseException, settings: Settings) -> Finish:
     message = error_message(exc)
     if not is_transient(exc):
-        log.warning("crew raised a permanent error", exc_info=exc)
+        log.warning("run failed with a permanent error", exc_info=exc)
         return _fail(lease, message)
     if lease.attempt >= settings.max_attempts:
         return _fail(lease, f"{message} (gave up after {lease.attempt} attempts)")
