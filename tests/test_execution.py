@@ -89,6 +89,27 @@ def test_digest_run_completes_with_content_and_token_usage(worker: ManagedProces
     assert row.attempts == 1 and row.completed_at is not None and row.lease_expires_at is None
 
 
+def test_concurrent_crews_in_one_process_keep_their_own_inputs_and_usage(
+    worker: ManagedProcess, db: str
+) -> None:
+    # Four crews at once in the threads pool: nothing leaks from one run into another.
+    topic_sets = [["technology"], ["sports"], ["health"], ["business", "politics"]]
+    run_ids = [
+        make_run("daily-news-digest", {"topics": topics, "feeds": ["bundled:sample-feed.xml"]})
+        for topics in topic_sets
+    ]
+    for run_id in run_ids:
+        dispatch(run_id)
+    sections = {"technology", "sports", "health", "business", "politics", "science", "entertainment"}
+    for run_id, topics in zip(run_ids, topic_sets, strict=True):
+        row = wait_for(run_id)
+        assert row.status == RunStatus.COMPLETED, row.error_message
+        assert row.output is not None
+        found = {s for s in sections if f"## {s.title()}" in row.output["content"]}
+        assert found == set(topics)
+        assert row.output["token_usage"]["successful_requests"] == 2
+
+
 def test_same_run_delivered_twice_executes_once(
     worker: ManagedProcess, db: str, record: Path, redis_session: redis.Redis
 ) -> None:
