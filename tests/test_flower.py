@@ -80,11 +80,16 @@ def test_flower_login_and_execute_run_visible(flower: str) -> None:
         from app.tasks import execute_run, task_id_for
 
         # Straight to Celery (no consumer in this test): Flower sees the task and its arguments.
-        execute_run.apply_async(
-            args=(str(run.run_id),),
-            kwargs={"plugin": "daily-news-digest"},
-            task_id=task_id_for(run.run_id, None),
-        )
+        from app.celery_app import celery_app
+
+        # Own connection: this test must not depend on the state of the app's shared producer pool.
+        with celery_app.connection_for_write() as connection:
+            execute_run.apply_async(
+                args=(str(run.run_id),),
+                kwargs={"plugin": "daily-news-digest"},
+                task_id=task_id_for(run.run_id, None),
+                connection=connection,
+            )
         done = api.wait_for_run(run.run_id, timeout=120)
         assert done.status.value == "completed"
         deadline = time.monotonic() + 30
