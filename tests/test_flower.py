@@ -77,10 +77,9 @@ def test_flower_login_and_execute_run_visible(flower: str) -> None:
     user = api.create_user(unique_email())
     with celery_worker(pool="threads", concurrency=2):
         run = api.trigger_run(user.id, "daily-news-digest")
-        from app.tasks import execute_run, task_id_for
-
         # Straight to Celery (no consumer in this test): Flower sees the task and its arguments.
         from app.celery_app import celery_app
+        from app.tasks import execute_run, task_id_for
 
         # Own connection: this test must not depend on the state of the app's shared producer pool.
         with celery_app.connection_for_write() as connection:
