@@ -66,9 +66,14 @@ def _start(env: dict[str, str], concurrency: int) -> dict[str, ManagedProcess]:
             env=env,
         ),
     }
-    procs["worker"].start(ready=r"ready\.", timeout=120)
-    procs["consumer"].start(ready=r"consumer \S+ ready", timeout=60)
-    procs["beat"].start(ready=r"beat: Starting", timeout=60)
+    ready = {"worker": r"ready\.", "consumer": r"consumer \S+ ready", "beat": r"beat: Starting"}
+    try:
+        for name, proc in procs.items():
+            proc.start(ready=ready[name], timeout=120)
+    except Exception:
+        for proc in procs.values():  # never leave a half-started fleet behind
+            proc.kill()
+        raise
     return procs
 
 
