@@ -3,7 +3,8 @@
 Guarantees:
 
 * :func:`find_plugin` loads the plugin from ``PLUGINS_DIR`` as it is on disk
-  now (current manifest and schema), or raises :class:`PermanentError`.
+  now (current manifest and schema), or raises :class:`PermanentError`; the
+  parsed plugin is reused until one of its files changes (mtime).
 * :func:`load_entry_point` imports the entry point file by path, confined to
   the plugin folder, as a module of a private package per plugin folder and
   version (``_first_sip_plugin_<name>_<hash>``): plugins never share module
@@ -45,9 +46,31 @@ def find_plugin(name: str, plugins_dir: Path | str) -> Plugin:
     if len(found) > 1:
         raise PermanentError(f"plugin {name!r} is installed twice: {', '.join(map(str, found))}")
     try:
-        return load_plugin(found[0])
+        return _load_cached(found[0])
     except PluginError as exc:
         raise PermanentError(f"plugin {name!r} is invalid on this worker: {exc}") from exc
+
+
+_plugins: dict[Path, tuple[tuple[int, int], Plugin]] = {}
+
+
+def _stamp(folder: Path, schema_path: str) -> tuple[int, int]:
+    # Manifest and schema are what load_plugin reads; a changed file changes its mtime.
+    return (folder / MANIFEST_FILE).stat().st_mtime_ns, (folder / schema_path).stat().st_mtime_ns
+
+
+def _load_cached(folder: Path) -> Plugin:
+    """``load_plugin`` once per version of the files: a run re-reads nothing that did not change."""
+    cached = _plugins.get(folder)
+    if cached is not None:
+        try:
+            if _stamp(folder, cached[1].manifest.settings_schema_path) == cached[0]:
+                return cached[1]
+        except OSError:
+            pass  # a file vanished: load_plugin reports it properly
+    plugin = load_plugin(folder)
+    _plugins[folder] = (_stamp(folder, plugin.manifest.settings_schema_path), plugin)
+    return plugin
 
 
 def entry_point_file(plugin: Plugin) -> tuple[Path, str]:
