@@ -22,6 +22,7 @@ from tests.test_streams_support import (
     add_plugin,
     age,
     broker_tasks,
+    clear_broker,
     dead_letters,
     later,
     make_consumer,
@@ -130,20 +131,26 @@ def test_reclaim_decides_by_the_run_row(db, redis_client: redis.Redis) -> None: 
     set_run(retrying, status=RunStatus.PENDING, stream_id=None, next_attempt_at=now + timedelta(minutes=5))
     ids: dict[uuid.UUID, Any] = {r: run_row(r).stream_id for r in (done, alive, expired, queued, retrying)}
     age(redis_client, "alpha")
+    # While Celery's queue still holds tasks, a queued run's task is waiting there: keep it.
     # Past the visibility timeout: a missing run is only dead-lettered once its entry is that old.
     stats = consumer.loop_once(later(now, 120), block=False)
-    assert stats.reclaimed == 6 and stats.acked == 2 and stats.kept == 1
-    assert stats.dispatched == 2 and stats.dead_lettered == 1
+    assert stats.reclaimed == 6 and stats.acked == 2 and stats.dead_lettered == 1
+    assert stats.kept == 2 and stats.dispatched == 1  # alive and queued kept; expired re-dispatched
+    assert pending(redis_client, "alpha")[ids[queued]][1] == 1  # no delivery counted
+    clear_broker(redis_client)  # now the tasks are lost (e.g. the broker lost them)
+    age(redis_client, "alpha")
+    stats = consumer.loop_once(later(now, 240), block=False)
+    assert stats.reclaimed == 3 and stats.kept == 1 and stats.dispatched == 2
     left = pending(redis_client, "alpha")
     assert ids[done] not in left and ids[retrying] not in left
     assert left[ids[alive]] == ("c1", 1)  # idle reset, no delivery counted
-    assert left[ids[expired]][1] == 2 and left[ids[queued]][1] == 2
-    redispatched = [t.run_id for t in broker_tasks(redis_client)[6:]]
+    assert left[ids[expired]][1] == 3 and left[ids[queued]][1] == 2
+    redispatched = [t.run_id for t in broker_tasks(redis_client)]
     assert sorted(redispatched) == sorted([str(expired), str(queued)])
     (letter,) = dead_letters(redis_client, "alpha")
     assert letter["dlq.reason"] == Reason.RUN_NOT_FOUND
     # The live run's entry is not idle any more: the next round leaves it alone.
-    stats = consumer.loop_once(later(now, 130), block=False)
+    stats = consumer.loop_once(later(now, 250), block=False)
     assert stats.reclaimed == 0
 
 
@@ -152,12 +159,15 @@ def test_poison_entry_dead_lettered_after_exactly_max_deliveries(db, redis_clien
     run_id = publish("alpha", 1)[0]
     entry_id = run_row(run_id).stream_id
     consumer.loop_once(now, block=False)
+    sent = [t.run_id for t in broker_tasks(redis_client)]
     for step in range(1, 10):
         if not pending(redis_client, "alpha"):
             break
+        clear_broker(redis_client)  # each task is lost before a worker takes it
         age(redis_client, "alpha")
         consumer.loop_once(later(now, 10 * step), block=False)
-    assert [t.run_id for t in broker_tasks(redis_client)] == [str(run_id)] * 3
+        sent += [t.run_id for t in broker_tasks(redis_client)]
+    assert sent == [str(run_id)] * 3
     (letter,) = dead_letters(redis_client, "alpha")
     assert letter["dlq.original_id"] == entry_id and letter["dlq.reason"] == Reason.MAX_DELIVERIES
     assert letter["dlq.delivery_count"] == "4"
@@ -188,12 +198,12 @@ def test_own_pending_entries_are_settled_first_on_restart(db, redis_client: redi
     first.loop_once(now, block=False)
     first.shutdown()
     set_run(done, status=RunStatus.COMPLETED)
-    before = len(broker_tasks(redis_client))
+    clear_broker(redis_client)  # its tasks never reached a worker (lost with the broker)
     again = make_consumer("stable")  # same name: its pending entries are its own
     again.initialize(now)
     stats = again.loop_once(now, block=False)
     assert stats.acked == 1 and stats.dispatched == 1 and stats.reclaimed == 0
-    assert [t.run_id for t in broker_tasks(redis_client)[before:]] == [str(waiting)]
+    assert [t.run_id for t in broker_tasks(redis_client)] == [str(waiting)]
     assert list(pending(redis_client, "alpha")) == [run_row(waiting).stream_id]
 
 

@@ -57,6 +57,11 @@ def consumer_heartbeat(host: str) -> str:
     return f"{_prefix()}:consumer:alive:{host}"
 
 
+def celery_queue(name: str) -> str:
+    """The Redis list holding Celery queue ``name``'s waiting messages (kombu's Redis transport)."""
+    return f"{celery_prefix()}{name}"
+
+
 def celery_prefix() -> str:
     """Prefix of Celery's own broker keys (kombu's ``global_keyprefix``)."""
     return f"{_prefix()}:celery:"

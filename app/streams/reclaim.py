@@ -18,6 +18,10 @@ run processing, lease alive            keep: XCLAIM RETRYCOUNT n-1 JUSTID resets
                                        the idle time and takes back the count
 run pending                            XACK: the outbox owns pending runs and
                                        publishes a fresh entry when it is due
+run queued, Celery's queue not empty   keep: its task is most likely still waiting
+                                       in the broker behind others; re-dispatching
+                                       would only add duplicates to the backlog and
+                                       count deliveries towards a dead letter
 delivered > max_deliveries times       dead letter ``max_deliveries``; run failed
 otherwise                              re-dispatch to Celery
 =====================================  =========================================
@@ -102,8 +106,12 @@ def decide(
     now: datetime,
     max_deliveries: int,
     visibility_ms: int,
+    broker_backlog: int = 0,
 ) -> Decision:
-    """The action for an entry delivered before, given its run's state (pure: no I/O)."""
+    """The action for an entry delivered before, given its run's state (pure: no I/O).
+
+    ``broker_backlog`` is how many ``execute_run`` messages wait in Celery's queue.
+    """
     rejected = rejection(entry, parsed)
     if rejected is not None or isinstance(parsed, EnvelopeError):  # the second test only narrows the type
         return rejected or Decision(Action.DEAD_LETTER, "invalid envelope")
@@ -118,6 +126,8 @@ def decide(
         return Decision(Action.KEEP, "run is processing under a live lease", run_id=run_id)
     if state.status == RunStatus.PENDING:
         return Decision(Action.ACK, "run is pending: the outbox publishes it again", run_id=run_id)
+    if state.status == RunStatus.QUEUED and broker_backlog > 0:
+        return Decision(Action.KEEP, "run is queued behind a Celery backlog", run_id=run_id)
     if entry.delivery_count > max_deliveries:
         detail = (
             f"delivered {entry.delivery_count - 1} times without finishing (max_deliveries={max_deliveries})"
@@ -134,6 +144,7 @@ def decide_all(
     now: datetime,
     max_deliveries: int,
     visibility_ms: int,
+    broker_backlog: int = 0,
 ) -> list[tuple[Entry, Decision]]:
     """:func:`decide` for each entry, with its parsed envelope and its run's state."""
     decided = []
@@ -141,7 +152,13 @@ def decide_all(
         envelope = parsed[entry.id]
         state = states.get(envelope.run_id) if isinstance(envelope, Envelope) else None
         decision = decide(
-            entry, envelope, state, now=now, max_deliveries=max_deliveries, visibility_ms=visibility_ms
+            entry,
+            envelope,
+            state,
+            now=now,
+            max_deliveries=max_deliveries,
+            visibility_ms=visibility_ms,
+            broker_backlog=broker_backlog,
         )
         decided.append((entry, decision))
     return decided

@@ -21,9 +21,11 @@ from typing import Any
 
 import redis
 
+from app.celery_app import RUNS_QUEUE
 from app.config import Settings
 from app.db import runs
 from app.db.engine import session_scope
+from app.db.models import RunStatus
 from app.streams import keys
 from app.streams.dispatch import Dispatch
 from app.streams.envelope import Envelope, parse_entry
@@ -132,6 +134,7 @@ class Settler:
             # This read counted a delivery nobody made: take it back, and wait.
             keep(self.client, plugin, consumer=self.name, entries=live)
             raise
+        queued = any(state.status == RunStatus.QUEUED for state in states.values())
         decided = decide_all(
             live,
             parsed,
@@ -139,6 +142,8 @@ class Settler:
             now=now,
             max_deliveries=self.settings.max_deliveries,
             visibility_ms=self.settings.visibility_timeout_seconds * 1000,
+            # A queued run's task may simply be waiting behind others in Celery's queue.
+            broker_backlog=int(self.client.llen(keys.celery_queue(RUNS_QUEUE))) if queued else 0,  # type: ignore[arg-type]
         )
         acks = [e.id for e, d in decided if d.action == Action.ACK]
         if acks:
