@@ -49,7 +49,7 @@ class Dispatch:
 
 
 class Dispatcher:
-    """Sends ``execute_run`` tasks through one producer held for the process's life."""
+    """Sends ``execute_run`` tasks over one broker connection of its own, held for the process's life."""
 
     def __init__(self, *, batch_size: int = 1000) -> None:
         self._producer: Any = None
@@ -57,13 +57,15 @@ class Dispatcher:
 
     def _acquire(self) -> Any:
         if self._producer is None:
-            # One producer (and so one broker connection) reused for every dispatch.
-            producer = celery_app.producer_pool.acquire(block=True)
+            # A connection of our own, not one from the app's producer pool: the consumer
+            # holds it for its life, and a pool slot held forever starves other users.
+            connection = celery_app.connection_for_write()
             try:
+                producer = celery_app.amqp.Producer(connection, auto_declare=False)
                 # Declared once here, so no publish has to (see ``declare=()`` below).
                 maybe_declare(celery_app.amqp.queues[RUNS_QUEUE], producer.channel)  # type: ignore[no-untyped-call]
             except Exception:
-                producer.release()
+                connection.release()
                 raise
             self._producer = producer
         return self._producer
@@ -72,7 +74,7 @@ class Dispatcher:
         """Send one task per item; raises if the broker could not take them all."""
         if not items:
             return
-        from app.tasks import execute_run  # cheap: the task imports CrewAI only when it runs
+        from app.tasks import execute_run, task_id_for  # cheap: the task imports CrewAI only when it runs
 
         producer = self._acquire()
         try:
@@ -84,6 +86,7 @@ class Dispatcher:
                     execute_run.apply_async(
                         args=(run_id,),
                         kwargs=kwargs,
+                        task_id=task_id_for(run_id, item.entry_id),
                         producer=producer,
                         queue=RUNS_QUEUE,
                         retry=False,
@@ -98,23 +101,18 @@ class Dispatcher:
             raise
 
     def reset(self) -> None:
-        """Drop the producer after a broker error; the next dispatch acquires a fresh one."""
+        """Drop the connection after a broker error; the next dispatch opens a fresh one."""
         producer, self._producer = self._producer, None
         if producer is None:
             return
         try:
-            # Drop the sockets of a connection that failed mid-command; the pooled
-            # connection reconnects on its next use.
-            producer.__connection__.collect()
+            # Drop the sockets of a connection that failed mid-command.
+            producer.connection.collect()
         except Exception:  # best effort: the connection may already be gone
             log.debug("discarding a broken broker connection failed", exc_info=True)
-        try:
-            producer.release()
-        except Exception:
-            log.debug("releasing a broken producer failed", exc_info=True)
 
     def close(self) -> None:
-        """Give the producer back to the pool."""
+        """Close the connection (idempotent)."""
         producer, self._producer = self._producer, None
         if producer is not None:
-            producer.release()
+            producer.connection.release()
