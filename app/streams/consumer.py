@@ -26,10 +26,11 @@ worker's claim is authoritative; the row is consulted when an entry comes back.
 Redis Cluster: every command names one key, or keys sharing one plugin's hash
 tag (stream + dead letters). Each stream is read with its own XREADGROUP; the
 per-stream reads are pipelined (redis-py's cluster pipeline splits them per
-node). Blocking: first a non-blocking read of every stream, and only when all
-were empty a blocking read of one stream at a time, in turn, for
-``stream_block_ms / len(streams)``: a busy stream never waits behind an idle
-one, and an idle consumer still answers a new entry within ``stream_block_ms``.
+node). Blocking: first a non-blocking read of every stream; only when all were
+empty, a BLPOP of up to ``stream_block_ms`` on the doorbell list every publish
+pushes to (kept at one element). A busy stream never waits behind an idle one,
+and an idle consumer wakes as soon as anything is published, whichever stream
+it went to; a missed ring costs at most ``stream_block_ms``.
 """
 
 from __future__ import annotations
@@ -110,7 +111,6 @@ class StreamConsumer:
         )
         self._next: dict[str, datetime] = {}  # phase -> when it is next due
         self._db_down_since: datetime | None = None
-        self._turn = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -227,22 +227,10 @@ class StreamConsumer:
         block_ms = self.settings.stream_block_ms
         if entries or not block or block_ms <= 0:
             return entries
-        # Every stream was empty: block on one at a time, in turn (see the module docstring).
-        plugin = streams[self._turn % len(streams)]
-        self._turn += 1
-        try:
-            blocked: Any = self.client.xreadgroup(
-                keys.GROUP,
-                self.name,
-                {keys.stream(plugin): ">"},
-                count=count,
-                block=max(10, block_ms // len(streams)),
-            )
-        except redis.ResponseError as exc:
-            if not missing_group(exc):
-                raise
-            return []  # deleted meanwhile: the next iteration's non-blocking read recreates it
-        return [e for _key, pairs in blocked or [] for e in entries_from(plugin, pairs)]
+        # Every stream was empty: sleep on the producers' doorbell (see the module docstring).
+        # The next iteration's non-blocking read picks up whatever rang it.
+        self.client.blpop([keys.doorbell()], timeout=block_ms / 1000)
+        return []
 
     def _handle_new(self, entries: list[Entry], now: datetime, stats: LoopStats) -> None:
         dispatches, rejected = [], []

@@ -52,6 +52,11 @@ def plugin_from_stream(key: str) -> str | None:
     return name
 
 
+def doorbell() -> str:
+    """A one-element list the producer pushes after publishing: idle consumers BLPOP it to wake at once."""
+    return f"{_prefix()}:streams:doorbell"
+
+
 def consumer_heartbeat(host: str) -> str:
     """Key a live consumer on ``host`` refreshes with a TTL (``first-sip consumer --check``)."""
     return f"{_prefix()}:consumer:alive:{host}"

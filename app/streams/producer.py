@@ -68,7 +68,10 @@ def publish_runs(
         for ref in refs:
             envelope = Envelope(ref.run_id, ref.plugin, ref.user_id, now, ref.attempt)
             pipe.xadd(keys.stream(ref.plugin), envelope.to_fields())  # type: ignore[arg-type]
-        ids = pipe.execute()
+        # Ring the doorbell (kept at one element): an idle consumer wakes now, not at its next poll.
+        pipe.lpush(keys.doorbell(), 1)
+        pipe.ltrim(keys.doorbell(), 0, 0)
+        ids = pipe.execute()[: len(refs)]
     published = [
         Published(ref.run_id, ref.plugin, entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
         for ref, entry_id in zip(refs, ids, strict=True)
