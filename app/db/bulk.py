@@ -46,9 +46,13 @@ _PG_SET_NEXT_RUN = text(
 
 _PG_MARK_QUEUED = text(
     """
-    UPDATE plugin_runs AS r SET status = 'queued', stream_id = v.sid, queued_at = :now, updated_at = :now
+    UPDATE plugin_runs AS r SET
+        stream_id = v.sid,
+        status = CASE WHEN r.status = 'processing' THEN r.status ELSE 'queued' END,
+        queued_at = CASE WHEN r.status = 'processing' THEN r.queued_at ELSE :now END,
+        updated_at = :now
     FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(rid uuid, sid text)
-    WHERE r.run_id = v.rid AND r.status IN ('pending', 'queued')
+    WHERE r.run_id = v.rid AND r.status IN ('pending', 'queued', 'processing')
     """
 )
 

@@ -195,8 +195,10 @@ def fail_unless_terminal(session: Session, run_id: uuid.UUID | str, *, error: st
 def mark_queued(session: Session, entries: Iterable[tuple[uuid.UUID, str]], *, now: datetime) -> int:
     """Record the stream entry id of each published run and move pending ones to ``queued``.
 
-    Runs already processing or terminal keep their status (a duplicate publish
-    is harmless). Returns how many rows changed.
+    A processing run (republished because its worker's lease expired) gets the
+    new entry id but keeps its status: the row always names the entry that last
+    named the run, so the outbox sweep does not publish it again. Terminal runs
+    are untouched (a duplicate publish is harmless). Returns how many rows changed.
     """
     params = [{"rid": rid, "sid": sid} for rid, sid in entries]
     if not params:
@@ -214,8 +216,14 @@ def mark_queued(session: Session, entries: Iterable[tuple[uuid.UUID, str]], *, n
         )
         .values(status=RunStatus.QUEUED, stream_id=bindparam("sid"), queued_at=now, updated_at=now)
     )
-    result = session.connection().execute(stmt, params)
-    return int(result.rowcount)
+    table = PluginRun.__table__
+    processing = (
+        update(table)  # type: ignore[arg-type]
+        .where(table.c.run_id == bindparam("rid"), table.c.status == RunStatus.PROCESSING.value)
+        .values(stream_id=bindparam("sid"), updated_at=now)
+    )
+    changed = int(session.connection().execute(stmt, params).rowcount)
+    return changed + int(session.connection().execute(processing, params).rowcount)
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ run processing, lease alive            keep: XCLAIM RETRYCOUNT n-1 JUSTID resets
                                        the idle time and takes back the count
 run pending                            XACK: the outbox owns pending runs and
                                        publishes a fresh entry when it is due
-run queued, Celery's queue not empty   keep: its task is most likely still waiting
-                                       in the broker behind others; re-dispatching
+Celery's queue not empty, and the run  keep: its task is most likely still waiting
+queued or already re-dispatched        in the broker behind others; re-dispatching
                                        would only add duplicates to the backlog and
                                        count deliveries towards a dead letter
 delivered > max_deliveries times       dead letter ``max_deliveries``; run failed
@@ -126,8 +126,13 @@ def decide(
         return Decision(Action.KEEP, "run is processing under a live lease", run_id=run_id)
     if state.status == RunStatus.PENDING:
         return Decision(Action.ACK, "run is pending: the outbox publishes it again", run_id=run_id)
-    if state.status == RunStatus.QUEUED and broker_backlog > 0:
-        return Decision(Action.KEEP, "run is queued behind a Celery backlog", run_id=run_id)
+    # While Celery's queue holds a backlog, a task we already sent is most likely still in
+    # it: a queued run's first task, or the re-dispatch an earlier reclaim sent for a run whose
+    # worker died (delivery 1 was the read, 2 our first re-dispatch). Sending more would only
+    # lengthen the backlog and count deliveries towards a dead letter; the first re-dispatch
+    # of a dead worker's run is never held back.
+    if broker_backlog > 0 and (state.status == RunStatus.QUEUED or entry.delivery_count > 2):
+        return Decision(Action.KEEP, "its task is probably waiting behind a Celery backlog", run_id=run_id)
     if entry.delivery_count > max_deliveries:
         detail = (
             f"delivered {entry.delivery_count - 1} times without finishing (max_deliveries={max_deliveries})"
