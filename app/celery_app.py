@@ -48,6 +48,9 @@ def _config() -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_max_tasks_per_child": settings.worker_max_tasks_per_child,
+        # With REMAP_SIGTERM=SIGQUIT (Procfile), SIGTERM becomes a warm shutdown capped at this
+        # many seconds, inside the 30 s a PaaS allows; an unfinished run's lease then expires.
+        "worker_soft_shutdown_timeout": 20.0,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         "task_default_queue": RUNS_QUEUE,
