@@ -408,6 +408,16 @@ def main() -> None:
     print(f"chaos seed {seed} (reproduce with --seed {seed})", flush=True)
     report = run_chaos(ChaosConfig(runs=args.runs, seed=seed, kills=args.kills))
     print(report.text())
+    from bench.common import write_section
+
+    write_section(
+        "Chaos run (issue 7)",
+        f"`make chaos` (`python -m tests.chaos --runs {args.runs} --seed {seed}`):\n\n```\n{report.text()}\n```\n\n"
+        "A run executed twice is one whose first execution was cut short by a fault (its worker was "
+        "SIGKILLed mid-crew); no run ever executed twice at the same time, and every recorded outcome "
+        "is from exactly one execution (the attempt fence). Recovery is bounded by the lease "
+        "(LEASE_SECONDS=4 here), the visibility timeout (4 s) and the outbox grace (5 s).",
+    )
     sys.exit(0 if report.ok else 1)
 
 
