@@ -412,7 +412,8 @@ def main() -> None:
 
     write_section(
         "Chaos run (issue 7)",
-        f"`make chaos` (`python -m tests.chaos --runs {args.runs} --seed {seed}`):\n\n```\n{report.text()}\n```\n\n"
+        f"`make chaos` (`python -m tests.chaos --runs {args.runs} --seed {seed}`):\n\n"
+        f"```\n{report.text()}\n```\n\n"
         "A run executed twice is one whose first execution was cut short by a fault (its worker was "
         "SIGKILLed mid-crew); no run ever executed twice at the same time, and every recorded outcome "
         "is from exactly one execution (the attempt fence). Recovery is bounded by the lease "
