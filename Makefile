@@ -54,6 +54,14 @@ test: venv services browser lint typecheck
 demo: venv
 	$(BIN)/first-sip demo
 
+# Every benchmark; each prints ratios against a baseline measured in the same run and
+# rewrites its own section of bench/RESULTS.md. Long: not part of `make test`.
+bench: venv services
+	$(BIN)/python -m bench.bench_scheduler
+	$(BIN)/python -m bench.bench_streams
+	$(BIN)/python -m bench.bench_pipeline
+	$(BIN)/python -m bench.bench_execution
+
 # The full chaos run: 2,000 runs under worker/consumer/beat kills, a PostgreSQL restart and a Redis flush.
 chaos: venv services
 	$(BIN)/python -m tests.chaos --runs 2000 $(if $(SEED),--seed $(SEED),)
