@@ -44,7 +44,11 @@ def engine_for(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        # No pre-ping: it costs a round trip per checkout on the hot path. After a server
+        # restart the first statement on a dead connection fails once, SQLAlchemy then
+        # invalidates the whole pool, and callers already treat a database error as
+        # retryable (the run stays claimable, the entry stays pending).
+        engine = create_engine(url, pool_size=5, max_overflow=10, pool_recycle=1800)
     _engines[url] = engine
     return engine
 
