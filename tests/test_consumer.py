@@ -30,11 +30,12 @@ from tests.test_streams_support import (
     publish,
     run_row,
     set_run,
+    shutdown_consumers,  # noqa: F401 (autouse fixture)
 )
 
 
 def _started(
-    name: str = "c1", *, plugins: tuple[str, ...] = ("alpha",), **overrides: object
+    name: str = "c1", *, plugins: tuple[str, ...] = ("alpha",), **overrides: Any
 ) -> tuple[StreamConsumer, datetime]:
     for plugin in plugins:
         add_plugin(plugin)

@@ -12,7 +12,6 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import OperationalError
 
 from app.db import runs as runs_module
-from app.streams.consumer import StreamConsumer
 from app.streams.dispatch import Dispatch, Dispatcher
 from tests.test_streams_support import (
     add_plugin,
@@ -21,9 +20,10 @@ from tests.test_streams_support import (
     clear_broker,
     dead_letters,
     later,
+    make_consumer,
     pending,
     publish,
-    settings,
+    shutdown_consumers,  # noqa: F401 (autouse fixture)
 )
 
 
@@ -43,7 +43,7 @@ class FlakyDispatcher(Dispatcher):
 
 def test_broker_failure_keeps_read_entries_and_dispatches_them_later(db, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
     add_plugin("alpha")
-    consumer = StreamConsumer(name="c1", settings=settings(), dispatcher=FlakyDispatcher(failures=2))
+    consumer = make_consumer("c1", dispatcher=FlakyDispatcher(failures=2))
     now = datetime.now(UTC)
     consumer.initialize(now)
     consumer.loop_once(now, block=False)
@@ -64,7 +64,7 @@ def test_database_outage_during_reclaim_counts_no_delivery(  # type: ignore[no-u
 ) -> None:
     caplog.set_level(logging.INFO, logger="app.streams")
     add_plugin("alpha")
-    consumer = StreamConsumer(name="c1", settings=settings(max_deliveries=2))
+    consumer = make_consumer("c1", max_deliveries=2)
     now = datetime.now(UTC)
     consumer.initialize(now)
     consumer.loop_once(now, block=False)

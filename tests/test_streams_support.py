@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import redis
 from sqlalchemy import select
 
@@ -24,6 +26,7 @@ from app.db.models import PluginRow, PluginRun, RunStatus, User
 from app.redis_client import get_redis
 from app.streams import keys
 from app.streams.consumer import StreamConsumer
+from app.streams.dispatch import Dispatcher
 from app.streams.producer import RunRef, publish_runs
 from tests.conftest import unique_email
 
@@ -141,9 +144,27 @@ def settings(**overrides: Any) -> Settings:
     return get_settings().model_copy(update=overrides)
 
 
-def make_consumer(name: str = "test-consumer", **overrides: Any) -> StreamConsumer:
-    """An in-process consumer (call ``initialize`` and ``loop_once(now, block=False)``)."""
-    return StreamConsumer(name=name, settings=settings(**overrides))
+_consumers: list[StreamConsumer] = []
+
+
+def make_consumer(
+    name: str = "test-consumer", *, dispatcher: Dispatcher | None = None, **overrides: Any
+) -> StreamConsumer:
+    """An in-process consumer (call ``initialize`` and ``loop_once(now, block=False)``).
+
+    Shut down after the test by :func:`shutdown_consumers` (its broker connection closed).
+    """
+    consumer = StreamConsumer(name=name, settings=settings(**overrides), dispatcher=dispatcher)
+    _consumers.append(consumer)
+    return consumer
+
+
+@pytest.fixture(autouse=True)
+def shutdown_consumers() -> Iterator[None]:
+    """Autouse where imported: every consumer :func:`make_consumer` built is shut down after the test."""
+    yield
+    while _consumers:
+        _consumers.pop().shutdown()
 
 
 def later(now: datetime, seconds: float = 3600) -> datetime:
