@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from app.db.engine import session_scope
 from app.db.models import RunStatus
@@ -47,7 +49,7 @@ def test_publishing_twice_is_harmless_and_terminal_runs_are_skipped(db, redis_cl
 def test_redis_failure_marks_nothing(db) -> None:  # type: ignore[no-untyped-def]
     from app.streams.producer import RunRef, publish_runs
 
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     run_id = add_runs("alpha", 1)[0]
     try:
         with session_scope() as session:
