@@ -170,36 +170,26 @@ def retry_later(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def cancel(session: Session, run_id: uuid.UUID | str, *, now: datetime, reason: str = "cancelled") -> bool:
-    """Cancel a non-terminal run; False if it had already ended."""
+def _end_unless_terminal(
+    session: Session, run_id: uuid.UUID | str, *, status: RunStatus, message: str, now: datetime
+) -> bool:
+    # No fence: whoever holds the run is overruled; its own fenced write will then match nothing.
     result = session.execute(
         update(_RUNS)
         .where(PluginRun.run_id == _as_uuid(run_id), PluginRun.status.in_(_NON_TERMINAL))
-        .values(
-            status=RunStatus.CANCELLED,
-            error_message=reason,
-            completed_at=now,
-            lease_expires_at=None,
-            updated_at=now,
-        )
+        .values(status=status, error_message=message, completed_at=now, lease_expires_at=None, updated_at=now)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def cancel(session: Session, run_id: uuid.UUID | str, *, now: datetime, reason: str = "cancelled") -> bool:
+    """Cancel a non-terminal run; False if it had already ended."""
+    return _end_unless_terminal(session, run_id, status=RunStatus.CANCELLED, message=reason, now=now)
 
 
 def fail_unless_terminal(session: Session, run_id: uuid.UUID | str, *, error: str, now: datetime) -> bool:
     """Mark any non-terminal run ``failed`` with ``error`` (dead letters); False if already terminal."""
-    result = session.execute(
-        update(_RUNS)
-        .where(PluginRun.run_id == _as_uuid(run_id), PluginRun.status.in_(_NON_TERMINAL))
-        .values(
-            status=RunStatus.FAILED,
-            error_message=error,
-            completed_at=now,
-            lease_expires_at=None,
-            updated_at=now,
-        )
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return _end_unless_terminal(session, run_id, status=RunStatus.FAILED, message=error, now=now)
 
 
 def mark_queued(session: Session, entries: Iterable[tuple[uuid.UUID, str]], *, now: datetime) -> int:

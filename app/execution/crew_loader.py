@@ -5,34 +5,22 @@ Guarantees:
 * :func:`find_plugin` loads the plugin from ``PLUGINS_DIR`` as it is on disk
   now (current manifest and schema), or raises :class:`PermanentError`; the
   parsed plugin is reused until one of its files changes (mtime).
-* :func:`load_entry_point` imports the entry point file by path, confined to
-  the plugin folder, as a module of a private package per plugin folder and
-  version (``_first_sip_plugin_<name>_<hash>``): plugins never share module
-  names, never touch ``sys.path``, and may use relative imports (``from .feeds
-  import ...``) for their own helper modules. Each version is imported once
-  per process; importing is serialised so concurrent runs in a threads pool
-  never see a half-imported module.
+* :func:`load_entry_point` imports the entry point through
+  :func:`app.plugins.loader.load_callable` (confined to the plugin folder, a
+  private package per plugin version, imported once per file version) and
+  turns a failure into a :class:`PermanentError`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import re
-import sys
-import threading
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from app.errors import PermanentError, PluginError
+from app.plugins.loader import load_callable, resolve_ref
 from app.plugins.manifest import MANIFEST_FILE
-from app.plugins.paths import PathEscapeError, resolve_inside
 from app.plugins.registry import Plugin, load_plugin
-
-_import_lock = threading.Lock()
-_entry_points: dict[tuple[str, str, int], Callable[..., Any]] = {}
 
 
 def find_plugin(name: str, plugins_dir: Path | str) -> Plugin:
@@ -75,62 +63,17 @@ def _load_cached(folder: Path) -> Plugin:
 
 def entry_point_file(plugin: Plugin) -> tuple[Path, str]:
     """The resolved entry point file (inside the plugin folder) and the callable's name."""
-    relative, _, function = plugin.manifest.entry_point.partition(":")
     try:
-        path = resolve_inside(plugin.folder, relative)
-    except PathEscapeError as exc:
-        raise PermanentError(f"plugin {plugin.name}: entry_point: {exc}") from exc
-    if not path.is_file():
-        raise PermanentError(f"plugin {plugin.name}: entry_point file {relative} does not exist")
-    return path, function
-
-
-def _package_name(plugin: Plugin, path: Path, mtime_ns: int) -> str:
-    digest = hashlib.sha256(f"{path}|{plugin.manifest.version}|{mtime_ns}".encode()).hexdigest()[:12]
-    return f"_first_sip_plugin_{re.sub(r'[^a-z0-9]', '_', plugin.name)}_{digest}"
-
-
-def _import(package: str, path: Path) -> types.ModuleType:
-    # A synthetic package whose __path__ is the entry point's folder: the
-    # entry module and its siblings import as package.<module>.
-    if package not in sys.modules:
-        pkg = types.ModuleType(package)
-        pkg.__path__ = [str(path.parent)]
-        pkg.__package__ = package
-        sys.modules[package] = pkg
-    name = f"{package}.{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+        return resolve_ref(plugin.folder, plugin.manifest.entry_point)
+    except PluginError as exc:
+        raise PermanentError(f"plugin {plugin.name}: entry_point: {exc.problems[0].message}") from exc
 
 
 def load_entry_point(plugin: Plugin) -> Callable[..., Any]:
     """The plugin's ``build_crew`` callable. Import errors are a :class:`PermanentError`."""
-    path, function = entry_point_file(plugin)
-    mtime_ns = path.stat().st_mtime_ns
-    key = (str(path), plugin.manifest.version, mtime_ns)
-    cached = _entry_points.get(key)
-    if cached is not None:
-        return cached
-    with _import_lock:
-        cached = _entry_points.get(key)
-        if cached is not None:
-            return cached
-        package = _package_name(plugin, path, mtime_ns)
-        try:
-            module = _import(package, path)
-        except Exception as exc:
-            for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
-                del sys.modules[name]
-            raise PermanentError(
-                f"plugin {plugin.name}: cannot import {path.name}: {type(exc).__name__}: {exc}"
-            ) from exc
-        target: Callable[..., Any] | None = getattr(module, function, None)
-        if not callable(target):
-            raise PermanentError(f"plugin {plugin.name}: {path.name} has no callable {function!r}")
-        _entry_points[key] = target
-        return target
+    try:
+        return load_callable(
+            plugin.folder, plugin.manifest.entry_point, name=plugin.name, version=plugin.manifest.version
+        )
+    except PluginError as exc:
+        raise PermanentError(f"plugin {plugin.name}: {exc.problems[0].message}") from exc

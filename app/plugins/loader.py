@@ -1,58 +1,95 @@
-"""Loading a callable from a plugin's own files (``path/inside.py:function``).
+"""Importing a plugin's own Python files: the one place plugin code is loaded.
 
-Guarantees: the file is resolved inside the plugin folder (symlinks included);
-each plugin file gets its own module name, so two plugins' ``main.py`` never
-collide in ``sys.modules``; a failure to load is a :class:`PluginError`
-naming the plugin, the reference and the reason.
+Guarantees:
+
+* A reference ``relative/file.py:function`` is resolved inside the plugin
+  folder (symlinks included) before anything is imported.
+* Each plugin file is imported as a module of a private synthetic package per
+  folder, plugin version and file version (``_first_sip_plugin_<name>_<hash>``):
+  plugins never share module names, never touch ``sys.path``, may use relative
+  imports (``from .feeds import ...``) for their own helpers, and a changed
+  file is imported afresh.
+* Each file version is imported once per process; imports are serialised, so
+  concurrent runs in a threads pool never see a half-imported module.
+* Any failure is a :class:`PluginError` naming the file and the reason.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 import sys
+import threading
+import types
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from app.errors import PluginError, Problem
 from app.plugins.paths import PathEscapeError, resolve_inside
 
-
-def _module_name(path: Path) -> str:
-    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
-    return f"first_sip_plugin_{path.stem}_{digest}"
+_lock = threading.Lock()
+_loaded: dict[tuple[str, str, str, int], Callable[..., Any]] = {}
 
 
-def load_module(folder: Path, relative: str) -> ModuleType:
-    """Import ``folder/relative`` as a uniquely named module (cached per file)."""
+def resolve_ref(folder: Path, ref: str) -> tuple[Path, str]:
+    """The file (inside ``folder``) and function name of ``relative/file.py:function``."""
+    relative, _, function = ref.partition(":")
     try:
         path = resolve_inside(folder, relative)
     except PathEscapeError as exc:
-        raise PluginError([Problem(str(folder), relative, str(exc))]) from exc
-    name = _module_name(path)
-    cached = sys.modules.get(name)
-    if cached is not None:
-        return cached
+        raise PluginError([Problem(str(folder), ref, str(exc))]) from exc
+    if not path.is_file():
+        raise PluginError([Problem(str(folder), ref, f"{relative} does not exist")])
+    return path, function
+
+
+def _package_name(name: str, path: Path, version: str, mtime_ns: int) -> str:
+    digest = hashlib.sha256(f"{path}|{version}|{mtime_ns}".encode()).hexdigest()[:12]
+    return f"_first_sip_plugin_{re.sub(r'[^a-z0-9]', '_', name)}_{digest}"
+
+
+def _import(package: str, path: Path) -> types.ModuleType:
+    # A synthetic package whose __path__ is the file's folder: the module and its
+    # siblings import as package.<module>.
+    if package not in sys.modules:
+        pkg = types.ModuleType(package)
+        pkg.__path__ = [str(path.parent)]
+        pkg.__package__ = package
+        sys.modules[package] = pkg
+    name = f"{package}.{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise PluginError([Problem(str(path), "", "not an importable Python file")])
+        raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[name]
-        raise PluginError([Problem(str(path), "", f"import failed: {type(exc).__name__}: {exc}")]) from exc
+    spec.loader.exec_module(module)
     return module
 
 
-def load_callable(folder: Path, ref: str) -> Callable[..., Any]:
-    """The function named by ``ref`` (``relative/file.py:function``) in the plugin folder."""
-    relative, _, attr = ref.partition(":")
-    module = load_module(folder, relative)
-    func = getattr(module, attr, None)
-    if not callable(func):
-        raise PluginError([Problem(str(folder / relative), attr, f"{ref!r} does not name a function")])
-    return func  # type: ignore[no-any-return]
+def load_callable(
+    folder: Path, ref: str, *, name: str | None = None, version: str = ""
+) -> Callable[..., Any]:
+    """The function ``ref`` names in the plugin in ``folder`` (see the module docstring)."""
+    path, function = resolve_ref(folder, ref)
+    name = name or folder.name
+    mtime_ns = path.stat().st_mtime_ns
+    key = (str(path), function, version, mtime_ns)
+    with _lock:
+        cached = _loaded.get(key)
+        if cached is not None:
+            return cached
+        package = _package_name(name, path, version, mtime_ns)
+        try:
+            module = _import(package, path)
+        except Exception as exc:
+            for loaded in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+                del sys.modules[loaded]
+            message = f"cannot import {path.name}: {type(exc).__name__}: {exc}"
+            raise PluginError([Problem(str(path), ref, message)]) from exc
+        target = getattr(module, function, None)
+        if not callable(target):
+            raise PluginError([Problem(str(path), ref, f"{path.name} has no callable {function!r}")])
+        _loaded[key] = target
+        return target  # type: ignore[no-any-return]
