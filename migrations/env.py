@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+
 from alembic import context
 from sqlalchemy import create_engine, pool
 
 from app.config import get_settings
+from app.db.engine import ensure_sqlite_folder
 from app.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata
+
+if config.cmd_opts is not None:
+    # Plain `alembic ...` at the command line: show what it does. Our processes (release,
+    # tests, the demo) configure logging themselves and decide what is shown.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)-5.5s [%(name)s] %(message)s")
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.INFO)
 
 
 def _url() -> str:
@@ -33,6 +42,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
+    ensure_sqlite_folder(_url())
     engine = create_engine(_url(), poolclass=pool.NullPool)
     with engine.connect() as conn:
         _run(conn)

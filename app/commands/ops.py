@@ -14,24 +14,17 @@ from app.commands.output import fail
 
 def release() -> None:
     """Migrate the database to head, then sync plugins. Any failure exits non-zero (the deploy stops)."""
-    from app.config import get_settings
-    from app.db import migrate
-    from app.db.engine import session_scope
     from app.logs import configure_logging
-    from app.plugins.registry import discover
-    from app.plugins.sync import sync_plugins
+    from app.release import release as run_release
 
     configure_logging()
     try:
-        migrate.upgrade()
-        registry = discover(get_settings().plugins_dir)
-        with session_scope() as session:
-            report = sync_plugins(session, registry)
+        report = run_release()
     except Exception as exc:  # the deploy must stop with the reason
         fail(f"release failed: {type(exc).__name__}: {exc}")
-    for problem in registry.problems:
+    for problem in report.problems:
         typer.echo(f"plugin skipped: {problem}", err=True)
-    for line in report.lines():
+    for line in report.sync.lines():
         typer.echo(line)
 
 
@@ -77,8 +70,11 @@ def flower(
     os.execve(celery, args, env)  # noqa: S606 -- exec: signals from the platform reach Flower directly
 
 
-def demo(timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for the digest.")) -> None:
+def demo(
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for the digest."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show this process's log lines."),
+) -> None:
     """Run the whole pipeline locally on the embedded default and print a digest."""
     from app.demo import run_demo
 
-    raise typer.Exit(run_demo(timeout=timeout))
+    raise typer.Exit(run_demo(timeout=timeout, verbose=verbose))

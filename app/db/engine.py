@@ -28,6 +28,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def ensure_sqlite_folder(url: str) -> None:
+    """Create the folder of a SQLite file URL (the embedded default lives under ``./var``).
+
+    Every engine on such a URL (this module's, Alembic's) needs it: SQLite
+    creates the file but not its folder. Other URLs are left alone.
+    """
+    if not url.startswith("sqlite"):
+        return
+    path = url.split("///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
 _engines: dict[str, Engine] = {}
 _factories: dict[str, sessionmaker[Session]] = {}
 
@@ -38,9 +51,7 @@ def engine_for(url: str) -> Engine:
     if engine is not None:
         return engine
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        ensure_sqlite_folder(url)
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
