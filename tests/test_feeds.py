@@ -1,6 +1,8 @@
 """The daily-news-digest feeds against a local HTTP server: RSS, Atom, malformed, failing, unreachable.
 
-The server runs in a thread on 127.0.0.1. The last test runs the whole plugin
+The server runs in a thread on 127.0.0.1, which the fetcher refuses unless the
+operator allows it: these tests allow exactly 127.0.0.1/32 (``FETCH_ALLOW_NETWORKS``
+for the whole plugin, an explicit policy for :func:`collect`). The last tests run the whole plugin
 (feeds, topic filter, both agents on the offline model) in-process through the
 framework's loader and crew job, so the digest is checked end to end.
 """
@@ -12,12 +14,15 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from app.net.fetch import Fetcher
+from app.net.policy import AddressPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "plugins" / "daily-news-digest"
@@ -100,11 +105,26 @@ def bundled(name: str) -> Path:
     return PLUGIN / "feeds" / name
 
 
+LOCAL = AddressPolicy.from_text("127.0.0.1/32")
+
+
+def local_fetch(deadline: float = 5.0) -> Callable[[str], object]:
+    """What ``ctx.fetch`` does for the digest, with 127.0.0.1 allowed."""
+    fetcher = Fetcher(policy=LOCAL, deadline_seconds=deadline)
+    return lambda url: fetcher.fetch(url)
+
+
+@pytest.fixture(autouse=True)
+def allow_local_server(setenv) -> None:  # type: ignore[no-untyped-def]
+    setenv(FETCH_ALLOW_NETWORKS="127.0.0.1/32")
+
+
 def test_rss_and_atom_articles_are_kept_by_topic(feeds: ModuleType, server: str) -> None:
     found = feeds.collect(
         [f"{server}/rss.xml", f"{server}/atom.xml"],
         topics=["science", "technology"],
         limit=10,
+        fetch=local_fetch(),
         resolve_bundled=bundled,
     )
     assert [(a.title, a.topic, a.link) for a in found.articles] == [
@@ -131,33 +151,39 @@ def test_bad_feeds_are_reported_and_the_others_still_read(
         "bundled:no-such-feed.xml",
         f"{server}/atom.xml",
     ]
-    found = feeds.collect(sources, topics=["science"], limit=10, resolve_bundled=bundled)
+    found = feeds.collect(
+        sources, topics=["science"], limit=10, fetch=local_fetch(), resolve_bundled=bundled
+    )
     assert [a.link for a in found.articles] == ["http://local/atom/comet", "http://local/atom/trench"]
     problems = found.problems
     assert len(problems) == 4
     assert problems[0].startswith(f"{server}/broken.xml: malformed feed (not RSS or Atom)")
-    assert problems[1].startswith(f"{unreachable}: unreachable:")
-    assert problems[2] == f"{server}/gone.xml: unreachable: HTTP 404 Not Found"
+    assert problems[1] == f"{unreachable}: unreachable"
+    assert problems[2] == f"{server}/gone.xml: HTTP 404 Not Found"
     assert problems[3] == "bundled:no-such-feed.xml: no such bundled feed"
 
 
 def test_a_slow_feed_times_out_instead_of_hanging(feeds: ModuleType, server: str) -> None:
     found = feeds.collect(
-        [f"{server}/slow.xml"], topics=["science"], limit=5, resolve_bundled=bundled, timeout=0.3
+        [f"{server}/slow.xml"], topics=["science"], limit=5, fetch=local_fetch(0.3), resolve_bundled=bundled
     )
     assert found.articles == []
-    assert found.problems == [f"{server}/slow.xml: unreachable: timed out"]
+    assert found.problems == [f"{server}/slow.xml: took longer than 0.3 s"]
 
 
 def test_bundled_sample_feed_and_limit(feeds: ModuleType) -> None:
-    found = feeds.collect(["bundled:sample-feed.xml"], topics=["sports"], limit=1, resolve_bundled=bundled)
+    found = feeds.collect(
+        ["bundled:sample-feed.xml"], topics=["sports"], limit=1, fetch=local_fetch(), resolve_bundled=bundled
+    )
     assert [a.title for a in found.articles] == ["Underdogs win the cup in a penalty shoot-out"]
 
 
 def test_only_http_and_bundled_sources_are_read(feeds: ModuleType) -> None:
-    found = feeds.collect(["file:///etc/passwd"], topics=["science"], limit=5, resolve_bundled=bundled)
+    found = feeds.collect(
+        ["file:///etc/passwd"], topics=["science"], limit=5, fetch=local_fetch(), resolve_bundled=bundled
+    )
     assert found.articles == []
-    assert found.problems == ["file:///etc/passwd: only http(s) URLs and bundled: feeds are supported"]
+    assert found.problems == ["file:///etc/passwd: only http and https URLs are fetched"]
 
 
 def run_digest(settings: dict[str, object]) -> dict[str, object]:

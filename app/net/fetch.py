@@ -35,7 +35,14 @@ import httpcore
 import httpx
 
 from app.net.body import BoundedBody
-from app.net.errors import ADDRESS_NOT_ALLOWED, UNREACHABLE, FetchError, FetchFailed, FetchRefused, FetchUnreachable
+from app.net.errors import (
+    ADDRESS_NOT_ALLOWED,
+    UNREACHABLE,
+    FetchError,
+    FetchFailed,
+    FetchRefused,
+    FetchUnreachable,
+)
 from app.net.guard import FetchGuard
 from app.net.policy import AddressPolicy
 from app.net.transport import CheckedBackend, Resolver, system_resolve
@@ -250,7 +257,9 @@ def default_fetcher() -> Fetcher:
     from app.config import get_settings
 
     s = get_settings()
-    return _fetcher_for(s.fetch_allow_networks, s.fetch_deadline_seconds, s.fetch_max_bytes, s.fetch_max_redirects)
+    return _fetcher_for(
+        s.fetch_allow_networks, s.fetch_deadline_seconds, s.fetch_max_bytes, s.fetch_max_redirects
+    )
 
 
 __all__ = ["UNREACHABLE", "FetchResponse", "Fetcher", "default_fetcher"]

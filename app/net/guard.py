@@ -16,9 +16,11 @@ number reused after close is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from app.net.errors import FetchError, FetchStopped, FetchTimedOut
@@ -31,7 +33,11 @@ class FetchGuard:
     """The deadline and stop signal of one fetch, and the sockets it has open."""
 
     def __init__(
-        self, *, deadline_seconds: float, stopped: threading.Event | None = None, clock: Any = time.monotonic
+        self,
+        *,
+        deadline_seconds: float,
+        stopped: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.deadline_seconds = deadline_seconds
         self._clock = clock
@@ -116,12 +122,7 @@ class FetchGuard:
             if self._tripped is None:
                 self._tripped = error
             for sock in self._sockets.values():
-                try:
-                    # The base-class method: SSLSocket.shutdown would also drop its SSL object,
-                    # racing the reader; a plain shutdown(2) just makes the blocked read return.
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
-                except OSError:
-                    pass  # already closed by the peer
+                _shutdown(sock)
 
     def close(self) -> None:
         """End the watchdog and shut down any socket still open (the fetch is over); idempotent."""
@@ -131,7 +132,11 @@ class FetchGuard:
             watchdog.join()
         with self._lock:
             for sock in self._sockets.values():
-                try:
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    # The base-class method: SSLSocket.shutdown would also drop its SSL object, racing the
+    # reader; a plain shutdown(2) just makes a blocked read return at once.
+    with contextlib.suppress(OSError):  # already closed, or the peer reset it
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)

@@ -118,7 +118,9 @@ class GuardedStream(httpcore.NetworkStream):
         try:
             plain.settimeout(self._guard.clamp(timeout))
             # Handshake after wrapping, so the watchdog can cut a handshake a server dribbles out.
-            tls = ssl_context.wrap_socket(plain, server_hostname=server_hostname, do_handshake_on_connect=False)
+            tls = ssl_context.wrap_socket(
+                plain, server_hostname=server_hostname, do_handshake_on_connect=False
+            )
         except OSError as exc:
             self.close()
             raise httpcore.ConnectError(str(exc)) from exc
@@ -146,7 +148,9 @@ class GuardedStream(httpcore.NetworkStream):
 class CheckedBackend(httpcore.NetworkBackend):
     """httpcore's network backend for one fetch: checked addresses only, within the guard's bounds."""
 
-    def __init__(self, *, policy: AddressPolicy, guard: FetchGuard, resolve: Resolver = system_resolve) -> None:
+    def __init__(
+        self, *, policy: AddressPolicy, guard: FetchGuard, resolve: Resolver = system_resolve
+    ) -> None:
         self._policy = policy
         self._guard = guard
         self._resolve = resolve
@@ -156,7 +160,9 @@ class CheckedBackend(httpcore.NetworkBackend):
         """The checked addresses for ``host``; :class:`FetchRefused` if any is not allowed."""
         self._policy.check_host(host)
         literal = ip_literal(host)
-        found = [str(literal)] if literal is not None else resolve_within(self._resolve, host, port, self._guard)
+        found = (
+            [str(literal)] if literal is not None else resolve_within(self._resolve, host, port, self._guard)
+        )
         self._policy.check_addresses(found)
         return found
 
