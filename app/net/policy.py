@@ -14,9 +14,11 @@ Guarantees:
   the cloud metadata addresses, unspecified and multicast addresses, which are
   refused whatever the allow-list says.
 * :meth:`AddressPolicy.check_url` refuses, before any lookup or connection,
-  anything but ``http``/``https``, URLs with credentials, and host names that
-  only ever mean the cloud metadata service. Host names compare lower-cased
+  anything but ``http``/``https``, URLs with credentials, host names with
+  characters no DNS name has (``%``, spaces, empty labels), and host names
+  that only ever mean the cloud metadata service. Host names compare lower-cased
   without one trailing dot.
+* ``localhost`` and ``*.localhost`` are 127.0.0.1, whatever the resolver says.
 * :func:`legacy_ipv4` reads the numeric host spellings the C resolver accepts
   (``2130706433``, ``0x7f.1``, ``127.1``, ``0177.0.0.1``) as the address they
   mean, so they are checked (and connected to) as that address.
@@ -58,6 +60,7 @@ SCHEMES = frozenset({"http", "https"})
 if TYPE_CHECKING:
     import httpx
 
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
 _LEGACY_V4 = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}$")
 
 
@@ -97,8 +100,14 @@ def legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
 
 
 def ip_literal(host: str) -> IPAddress | None:
-    """The address ``host`` spells (any spelling the resolver would accept), or None for a name."""
+    """The address ``host`` means without a DNS lookup, or None for a name to resolve.
+
+    Any spelling the resolver would accept counts, and ``localhost``/``*.localhost``
+    mean 127.0.0.1 (RFC 6761: they are loopback whatever a resolver says).
+    """
     host = normalize_host(host)
+    if host == "localhost" or host.endswith(".localhost"):
+        return ipaddress.IPv4Address("127.0.0.1")
     try:
         return ipaddress.ip_address(host)
     except ValueError:
@@ -196,7 +205,8 @@ class AddressPolicy:
         if parsed.userinfo:
             # Credentials in a URL end up in reports, and parsers disagree about where they end.
             raise FetchRefused("URLs with credentials are not fetched")
-        if not parsed.host:
+        host = parsed.raw_host.decode("ascii", errors="replace").lower()  # IDNA-encoded already
+        if not host or (ip_literal(host) is None and not _HOST_NAME.fullmatch(host)):
             raise FetchRefused("not a valid URL")
-        self.check_host(parsed.host)
+        self.check_host(host)
         return parsed
