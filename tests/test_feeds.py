@@ -151,9 +151,7 @@ def test_bad_feeds_are_reported_and_the_others_still_read(
         "bundled:no-such-feed.xml",
         f"{server}/atom.xml",
     ]
-    found = feeds.collect(
-        sources, topics=["science"], limit=10, fetch=local_fetch(), resolve_bundled=bundled
-    )
+    found = feeds.collect(sources, topics=["science"], limit=10, fetch=local_fetch(), resolve_bundled=bundled)
     assert [a.link for a in found.articles] == ["http://local/atom/comet", "http://local/atom/trench"]
     problems = found.problems
     assert len(problems) == 4

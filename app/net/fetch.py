@@ -169,6 +169,8 @@ class Fetcher:
             return self._follow(client, target, _request_headers(headers), cap=cap, guard=guard)
         except FetchError:
             raise
+        except httpx.InvalidURL:  # httpx builds the next request of a redirect even when not following
+            raise FetchRefused("redirect refused: not a valid URL") from None
         except httpx.TimeoutException:
             raise guard.tripped or guard.timed_out() from None
         except (httpx.HTTPError, httpcore.ProtocolError, OSError):

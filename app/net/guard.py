@@ -2,10 +2,12 @@
 
 A socket timeout bounds one read, not a fetch: a server that sends one byte a
 second never trips it. A :class:`FetchGuard` bounds the whole fetch. Every
-blocking step clamps its own timeout to the time left, and a watchdog thread
-shuts the fetch's open sockets down the moment the deadline passes or the
-run's ``stopped`` event is set, which wakes any read (TLS handshakes
-included) blocked on them at once.
+blocking step clamps its own timeout to the time left (a lookup, a connect, a
+read, a TLS handshake), so the last one ends at the deadline. A read that is
+simply waiting would notice the run's ``stopped`` event only then, so a
+watchdog thread shuts the fetch's open sockets down the moment ``stopped`` is
+set (and, belt and braces, when the deadline passes), which wakes any read
+blocked on them at once.
 
 Guarantees: after :meth:`FetchGuard.close` returns, the watchdog thread has
 ended and no socket of this fetch is left open by the guard's streams, so no
@@ -65,10 +67,10 @@ class FetchGuard:
         """Raise :class:`FetchTimedOut` or :class:`FetchStopped` if the fetch must end now."""
         if self._tripped is not None:
             raise self._tripped
-        if self._stopped is not None and self._stopped.is_set():
-            raise self._trip(FetchStopped("stopped: the run was given up"))
         if self.remaining() <= 0:
             raise self._trip(self.timed_out())
+        if self._stopped is not None and self._stopped.is_set():
+            raise self._trip(FetchStopped("stopped: the run was given up"))
 
     def timed_out(self) -> FetchTimedOut:
         """The error a fetch past its deadline raises."""
