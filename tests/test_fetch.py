@@ -100,7 +100,7 @@ def test_an_error_status_is_reported_with_the_standard_phrase_never_the_servers(
         fetcher().fetch(server.url("/down"))
     assert caught.value.reason == "HTTP 503 Service Unavailable"
     assert caught.value.status_code == 503
-    with pytest.raises(FetchFailed, match="^HTTP 404 Not Found$"):
+    with pytest.raises(FetchFailed, match=r"^HTTP 404 Not Found$"):
         fetcher().fetch(server.url("/missing"))
 
 
@@ -149,10 +149,10 @@ def test_redirects_are_followed_only_a_few_times(server: LocalServer) -> None:
         server.routes[f"/hop{hop}"] = redirect(f"/hop{hop + 1}")
     server.routes["/hop5"] = body(FEED)
     assert fetcher(max_redirects=5).fetch(server.url("/hop0")).content == FEED
-    with pytest.raises(FetchFailed, match="^too many redirects$"):
+    with pytest.raises(FetchFailed, match=r"^too many redirects$"):
         fetcher(max_redirects=4).fetch(server.url("/hop0"))
     server.routes["/loop"] = redirect("/loop")
-    with pytest.raises(FetchFailed, match="^too many redirects$"):
+    with pytest.raises(FetchFailed, match=r"^too many redirects$"):
         fetcher().fetch(server.url("/loop"))
 
 
@@ -185,10 +185,10 @@ def test_a_body_over_the_cap_is_refused(server: LocalServer) -> None:
 
     server.routes["/liar"] = liar
     f = fetcher(max_bytes=10_000)
-    with pytest.raises(FetchFailed, match="^larger than 10000 bytes$"):
+    with pytest.raises(FetchFailed, match=r"^larger than 10000 bytes$"):
         f.fetch(server.url("/big"))
     assert f.fetch(server.url("/liar")).content == b"y" * 10  # the declared length is what is read
-    with pytest.raises(FetchFailed, match="^larger than 10000 bytes$"):  # a caller cannot raise the cap
+    with pytest.raises(FetchFailed, match=r"^larger than 10000 bytes$"):  # a caller cannot raise the cap
         f.fetch(server.url("/big"), max_bytes=50_000)
     assert len(fetcher(max_bytes=50_000).fetch(server.url("/big"), max_bytes=5_000_000).content) == 20_000
 
@@ -198,7 +198,7 @@ def test_a_compression_bomb_is_refused_with_bounded_memory(server: LocalServer) 
     server.routes["/bomb"] = body(bomb, Content_Encoding="gzip")
     tracemalloc.start()
     try:
-        with pytest.raises(FetchFailed, match="^larger than 1000000 bytes$"):
+        with pytest.raises(FetchFailed, match=r"^larger than 1000000 bytes$"):
             fetcher(max_bytes=1_000_000).fetch(server.url("/bomb"))
         _, peak = tracemalloc.get_traced_memory()
     finally:
