@@ -340,10 +340,12 @@ HOSTILE_FEED = b"""<?xml version="1.0" encoding="UTF-8"?>
 <item><title>Chip &lt;script&gt;alert(1)&lt;/script&gt; breakthrough</title>
   <link>javascript:alert(document.cookie)</link><category>technology</category>
   <description>&lt;p&gt;A new chip.&lt;/p&gt;&lt;script&gt;steal()&lt;/script&gt;
-  &amp;lt;img src=x onerror=alert(2)&amp;gt; &lt;a href="javascript:alert(3)"&gt;read&lt;/a&gt;</description></item>
+  &amp;lt;img src=x onerror=alert(2)&amp;gt;
+  &lt;a href="javascript:alert(3)"&gt;read&lt;/a&gt;</description></item>
 <item><title>Robots **win** [prize](javascript:alert(4)) ![x](http://evil.example/pixel.png)</title>
   <link>data:text/html;base64,PHNjcmlwdD5hbGVydCg1KTwvc2NyaXB0Pg==</link><category>technology</category>
-  <description>See &lt;https://evil.example/phish&gt; and [this](http://evil.example/phish) &lt;b onclick=x&gt;now&lt;/b&gt;.</description></item>
+  <description>See &lt;https://evil.example/phish&gt; and [this](http://evil.example/phish)
+  &lt;b onclick=x&gt;now&lt;/b&gt;.</description></item>
 <item><title>Software update ships</title><link>https://news.example/ok?a=1&amp;b=(2)</link>
   <category>technology</category><description>A plain &amp; honest summary.</description></item>
 </channel></rss>"""
