@@ -6,6 +6,7 @@ would) and 127.0.0.2 (not allowed: it stands for an internal host).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gzip
 import socket
@@ -251,6 +252,35 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port whose accept queue is full: the kernel drops new connection attempts (they time out)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(listener.getsockname())
+        fillers.append(filler)
+    yield int(listener.getsockname()[1])
+    for filler in fillers:
+        filler.close()
+    listener.close()
+
+
+def test_a_connection_that_times_out_reads_like_one_refused(silent_port: int) -> None:
+    with pytest.raises(FetchUnreachable) as timed_out:
+        fetcher(deadline_seconds=1.5).fetch(f"http://127.0.0.1:{silent_port}/feed.xml")
+    with pytest.raises(FetchUnreachable) as refused:
+        fetcher(deadline_seconds=1.5).fetch(f"http://127.0.0.1:{_closed_port()}/feed.xml")
+    assert timed_out.value.reason == refused.value.reason == UNREACHABLE
+    with pytest.raises(TimeoutError):  # the silent port really makes connections time out
+        socket.create_connection(("127.0.0.1", silent_port), timeout=0.5).close()
 
 
 def test_failures_to_connect_all_read_the_same(server: LocalServer) -> None:

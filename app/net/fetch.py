@@ -171,6 +171,8 @@ class Fetcher:
             raise
         except httpx.InvalidURL:  # httpx builds the next request of a redirect even when not following
             raise FetchRefused("redirect refused: not a valid URL") from None
+        except (httpx.ConnectError, httpx.ConnectTimeout):  # TLS set-up failed (certificate, protocol)
+            raise guard.tripped or FetchUnreachable(UNREACHABLE) from None
         except httpx.TimeoutException:
             raise guard.tripped or guard.timed_out() from None
         except (httpx.HTTPError, httpcore.ProtocolError, OSError):

@@ -69,6 +69,10 @@ class FetchGuard:
             raise self._tripped
         if self.remaining() <= 0:
             raise self._trip(self.timed_out())
+        self.check_stopped()
+
+    def check_stopped(self) -> None:
+        """Raise :class:`FetchStopped` if the run was given up (whatever the time left)."""
         if self._stopped is not None and self._stopped.is_set():
             raise self._trip(FetchStopped("stopped: the run was given up"))
 

@@ -178,6 +178,8 @@ class CheckedBackend(httpcore.NetworkBackend):
         self._guard.check()
         last: Exception | None = None
         for address in self.addresses(host, port):
+            if self._guard.remaining() <= 0:
+                break
             try:
                 stream = self._sockets.connect_tcp(
                     address,
@@ -187,10 +189,11 @@ class CheckedBackend(httpcore.NetworkBackend):
                     socket_options=socket_options,
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                self._guard.check()
+                self._guard.check_stopped()
                 last = exc
                 continue
             return GuardedStream(stream, self._guard)
+        # Refused, reset and timed out (even at the deadline) read the same: no port scanning.
         raise FetchUnreachable(UNREACHABLE) from last
 
     def connect_unix_socket(
