@@ -10,8 +10,8 @@ set (and, belt and braces, when the deadline passes), which wakes any read
 blocked on them at once.
 
 Guarantees: after :meth:`FetchGuard.close` returns, the watchdog thread has
-ended and no socket of this fetch is left open by the guard's streams, so no
-thread keeps downloading for it. A socket is shut down only while the stream
+ended and every socket of this fetch still registered has been shut down, so
+no thread keeps downloading for it (the fetcher closes them just before). A socket is shut down only while the stream
 that owns it is open (both happen under one lock), so a file descriptor
 number reused after close is never touched.
 """
