@@ -100,6 +100,8 @@ class LocalServer:
 
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
+        # The fetcher hangs up on errors and limits on purpose: no tracebacks for broken pipes.
+        self.httpd.handle_error = lambda request, address: None  # type: ignore[method-assign]
         if tls is not None:
             self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.host = host
