@@ -11,9 +11,10 @@ blocked on them at once.
 
 Guarantees: after :meth:`FetchGuard.close` returns, the watchdog thread has
 ended and every socket of this fetch still registered has been shut down, so
-no thread keeps downloading for it (the fetcher closes them just before). A socket is shut down only while the stream
-that owns it is open (both happen under one lock), so a file descriptor
-number reused after close is never touched.
+no thread keeps downloading for it (the fetcher closes them just before). A
+socket is shut down only while the stream that owns it is open (both happen
+under one lock), so a file descriptor number reused after close is never
+touched.
 """
 
 from __future__ import annotations
