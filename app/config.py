@@ -87,6 +87,17 @@ class Settings(BaseSettings):
     #: How often the consumer trims each stream by age (MINID, never past a pending entry).
     stream_trim_interval_seconds: float = Field(default=300.0, gt=0)
 
+    # Fetching (ctx.fetch): what a user's settings can make a worker download.
+    #: Comma-separated CIDRs a fetch may reach although they are not public (loopback, private...).
+    #: Empty (the default): only public addresses. Metadata addresses are refused regardless.
+    fetch_allow_networks: str = ""
+    #: Total seconds for one fetch: lookup, connect, TLS, redirects and body together.
+    fetch_deadline_seconds: float = Field(default=30.0, gt=0, le=600)
+    #: Largest decoded body one fetch returns.
+    fetch_max_bytes: int = Field(default=5_000_000, ge=1)
+    #: Redirects one fetch follows (each checked like the first URL).
+    fetch_max_redirects: int = Field(default=5, ge=0, le=20)
+
     # Scheduling.
     scheduler_tick_seconds: float = Field(default=30.0, gt=0)
     scheduler_batch_size: int = Field(default=1000, ge=1)
@@ -110,6 +121,17 @@ class Settings(BaseSettings):
     def _prefix(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9:_.-]{0,63}", value):
             raise ValueError("REDIS_KEY_PREFIX must be 1-64 characters of [A-Za-z0-9:_.-]")
+        return value
+
+    @field_validator("fetch_allow_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        from app.net.policy import parse_networks
+
+        try:
+            parse_networks(value)
+        except ValueError as exc:
+            raise ValueError(f"FETCH_ALLOW_NETWORKS: {exc}") from None
         return value
 
     @model_validator(mode="after")

@@ -13,7 +13,10 @@ manifest) is called once per run, in the run's own thread, as
 * :meth:`CrewContext.crew_from_yaml` builds the crew from ``agents.yaml`` and
   ``tasks.yaml`` next to the entry point;
 * ``ctx.stopped`` is set when the framework gave up on the run (timeout,
-  cancellation); long plugin loops may check it.
+  cancellation); long plugin loops may check it;
+* :meth:`CrewContext.fetch` is the one way a plugin fetches a URL (see
+  :mod:`app.net.fetch`): public http(s) addresses only, a total deadline, a
+  size cap, and it ends when ``ctx.stopped`` is set.
 
 The entry point returns a :class:`CrewPlan` (``ctx.plan(crew, inputs)``): the
 crew, the inputs that fill its ``{placeholders}``, and an optional JSON-able
@@ -28,10 +31,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.errors import PermanentError
 from app.plugins.paths import PathEscapeError, resolve_inside
+
+if TYPE_CHECKING:
+    from app.net.fetch import Fetcher, FetchResponse
 
 # The same pattern CrewAI's interpolate_only() uses, so we report exactly the
 # placeholders CrewAI would fail on (with a KeyError-like ValueError) at kickoff.
@@ -60,6 +66,8 @@ class CrewContext:
     #: The folder holding the entry point file (where agents.yaml and tasks.yaml live).
     crew_folder: Path
     stopped: threading.Event = field(default_factory=threading.Event, compare=False)
+    #: The fetcher behind :meth:`fetch`; None means the one the process settings describe.
+    fetcher: Fetcher | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def create(
@@ -71,9 +79,12 @@ class CrewContext:
         llm: Any,
         folder: Path,
         crew_folder: Path,
+        fetcher: Fetcher | None = None,
     ) -> CrewContext:
         """A context whose settings are a read-only view (a crew cannot change the recorded input)."""
-        return cls(run_id, plugin, MappingProxyType(dict(settings)), llm, folder, crew_folder)
+        return cls(
+            run_id, plugin, MappingProxyType(dict(settings)), llm, folder, crew_folder, fetcher=fetcher
+        )
 
     def resolve(self, relative: str) -> Path:
         """``relative`` inside the plugin folder; :class:`PermanentError` if it would leave it."""
@@ -81,6 +92,29 @@ class CrewContext:
             return resolve_inside(self.folder, relative)
         except PathEscapeError as exc:
             raise PermanentError(f"plugin {self.plugin}: {exc}") from exc
+
+    def fetch(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        deadline_seconds: float | None = None,
+        max_bytes: int | None = None,
+    ) -> FetchResponse:
+        """GET ``url`` through the framework's safe fetcher; :class:`app.net.errors.FetchError` if not.
+
+        Refused before any connection: non-http(s) URLs, credentials in URLs, and
+        any host that resolves to a non-public address (unless the operator's
+        ``FETCH_ALLOW_NETWORKS`` lists it). Bounded by ``FETCH_DEADLINE_SECONDS``
+        in total and ``FETCH_MAX_BYTES`` (the arguments may only lower them), and
+        cut off when the run is given up. ``error.reason`` is safe to show users.
+        """
+        from app.net.fetch import default_fetcher
+
+        fetcher = self.fetcher or default_fetcher()
+        return fetcher.fetch(
+            url, headers=headers, stopped=self.stopped, deadline_seconds=deadline_seconds, max_bytes=max_bytes
+        )
 
     def crew_from_yaml(self, *, agents: str = "agents.yaml", tasks: str = "tasks.yaml") -> Any:
         """A sequential CrewAI crew built from the YAML files next to the entry point."""

@@ -1,32 +1,58 @@
 """Reading the digest's feeds and keeping the articles that match the reader's topics.
 
-Guarantees: :func:`collect` never raises for a bad feed. Each source is read
-over http(s) with a timeout and a size cap, or from a file bundled with the
-plugin (``bundled:NAME``); an unreachable, failing or malformed feed becomes a
-:class:`FeedReport` with the reason, and the articles come from the others.
+Guarantees: :func:`collect` never raises for a bad feed. Each source is either
+an http(s) URL, read only through the framework's fetcher (``ctx.fetch``:
+public addresses only, a total deadline, a size cap), or a file bundled with
+the plugin (``bundled:NAME``, confined to the plugin's ``feeds`` folder). An
+unreachable, refused, failing or malformed feed becomes a :class:`FeedReport`
+with the fetcher's reason, and the articles come from the others.
+
+feedparser only ever gets the downloaded bytes as a stream: handed a string or
+bytes, it would open a body that spells a path (``/etc/passwd``) or a URL itself.
+
+Article titles and summaries are plain text (:func:`app.safe_text.plain_text`:
+entities decoded before tags are stripped, by nh3); an article's link is an
+http(s) URL or empty: an article whose link is anything else (``javascript:``,
+``data:``, relative) keeps its title and loses the link. :func:`format_articles`
+escapes markdown, so nothing from a feed becomes a link or HTML in the digest.
 An article is kept when one of its categories or words matches a topic; each
 kept article carries the first matching topic (in the reader's order).
-Articles are de-duplicated by link.
+Articles are de-duplicated by link (by title when they have none).
 """
 
 from __future__ import annotations
 
-import html
+import io
 import re
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import feedparser
 
+from app.errors import PermanentError
+from app.net.errors import FetchError
+from app.safe_text import markdown_text, plain_text, safe_link
+
 MAX_FEED_BYTES = 5_000_000
 MAX_SUMMARY_CHARS = 600
+MAX_TITLE_CHARS = 200
 USER_AGENT = "first-sip-daily-news-digest/1.0 (+https://github.com/first-sip)"
+FEED_HEADERS = {
+    "User-Agent": USER_AGENT,
+    "Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, */*;q=0.5",
+}
 BUNDLED_PREFIX = "bundled:"
+
+
+class Fetched(Protocol):
+    """What ``ctx.fetch`` returns (:class:`app.net.fetch.FetchResponse`), as far as feeds need it."""
+
+    url: str
+    content: bytes
+
 
 #: Words that put an article in a topic (besides the topic's own name).
 TOPIC_KEYWORDS: dict[str, frozenset[str]] = {
@@ -87,40 +113,38 @@ class Collection:
         return [f"{f.source}: {f.problem}" for f in self.feeds if not f.ok]
 
 
-def read_source(source: str, *, resolve_bundled: Callable[[str], Path], timeout: float) -> bytes:
-    """The raw bytes of one feed (``bundled:NAME`` or an http(s) URL)."""
+def read_source(
+    source: str, *, fetch: Callable[[str], Fetched], resolve_bundled: Callable[[str], Path]
+) -> tuple[bytes, str]:
+    """The raw bytes of one feed and the URL they came from (``""`` for a bundled feed)."""
     if source.startswith(BUNDLED_PREFIX):
-        return resolve_bundled(source[len(BUNDLED_PREFIX) :]).read_bytes()
-    if not re.match(r"^https?://", source, re.IGNORECASE):
-        raise ValueError("only http(s) URLs and bundled: feeds are supported")
-    request = urllib.request.Request(  # noqa: S310 (scheme checked above)
-        source,
-        headers={
-            "User-Agent": USER_AGENT,
-            "Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, */*;q=0.5",
-        },
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (scheme checked above)
-        data: bytes = response.read(MAX_FEED_BYTES + 1)
-    if len(data) > MAX_FEED_BYTES:
-        raise ValueError(f"feed is larger than {MAX_FEED_BYTES} bytes")
-    return data
+        path = resolve_bundled(source[len(BUNDLED_PREFIX) :])
+        if not path.is_file():
+            raise FileNotFoundError(source)
+        if path.stat().st_size > MAX_FEED_BYTES:
+            raise ValueError(f"feed is larger than {MAX_FEED_BYTES} bytes")
+        return path.read_bytes(), ""
+    response = fetch(source)  # refuses anything but public http(s); bounded in time and size
+    return response.content, response.url
 
 
-def parse_entries(data: bytes) -> tuple[str, list[Any]]:
-    """The feed's title and entries; ValueError if ``data`` is not a readable RSS/Atom feed."""
-    parsed = feedparser.parse(data)
+def parse_entries(data: bytes, *, base_url: str = "") -> tuple[str, list[Any]]:
+    """The feed's title and entries; ValueError if ``data`` is not a readable RSS/Atom feed.
+
+    ``base_url`` (where the feed came from) resolves relative links in it.
+    """
+    headers = {"content-location": base_url} if base_url else None
+    parsed = feedparser.parse(io.BytesIO(data), response_headers=headers)  # a stream: never opened as a path
     reason = parsed.get("bozo_exception")
     if not parsed.get("version") or (parsed.get("bozo") and not parsed.entries):
-        detail = f": {reason}" if reason else ""
+        detail = f": {type(reason).__name__}" if reason else ""
         raise ValueError(f"malformed feed (not RSS or Atom){detail}")
-    return str(parsed.feed.get("title", "")), list(parsed.entries)
+    return plain_text(parsed.feed.get("title", ""), limit=MAX_TITLE_CHARS), list(parsed.entries)
 
 
-def clean_text(value: str, *, limit: int = MAX_SUMMARY_CHARS) -> str:
-    """Plain text from a feed's HTML snippet: tags dropped, entities decoded, whitespace collapsed."""
-    text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", value or "")).split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+def clean_text(value: Any, *, limit: int = MAX_SUMMARY_CHARS) -> str:
+    """Plain text from a feed's HTML snippet (see :func:`app.safe_text.plain_text`)."""
+    return plain_text(value, limit=limit)
 
 
 def match_topic(entry: Any, topics: Iterable[str]) -> str | None:
@@ -140,15 +164,15 @@ def match_topic(entry: Any, topics: Iterable[str]) -> str | None:
 
 
 def _problem(exc: Exception) -> str:
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"unreachable: HTTP {exc.code} {exc.reason}"
-    if isinstance(exc, urllib.error.URLError):
-        return f"unreachable: {exc.reason}"
-    if isinstance(exc, FileNotFoundError):
+    if isinstance(exc, FetchError):
+        return exc.reason  # worded by the fetcher: safe to show, reveals nothing about internal hosts
+    if isinstance(exc, FileNotFoundError | IsADirectoryError):
         return "no such bundled feed"
-    if isinstance(exc, OSError):  # timeouts, refused connections
-        return f"unreachable: {exc.strerror or exc}"
-    return str(exc) or type(exc).__name__
+    if isinstance(exc, PermanentError):  # ctx.resolve refused a name leaving the feeds folder
+        return "not a bundled feed name"
+    if isinstance(exc, ValueError):
+        return str(exc)
+    return f"unreadable ({type(exc).__name__})"
 
 
 def collect(
@@ -156,8 +180,8 @@ def collect(
     *,
     topics: list[str],
     limit: int,
+    fetch: Callable[[str], Fetched],
     resolve_bundled: Callable[[str], Path],
-    timeout: float = 10.0,
     stopped: threading.Event | None = None,
 ) -> Collection:
     """Read every source; keep at most ``limit`` matching articles (feed order, no duplicate links)."""
@@ -167,22 +191,23 @@ def collect(
         if stopped is not None and stopped.is_set():
             break  # the run was given up on: stop fetching
         try:
-            data = read_source(source, resolve_bundled=resolve_bundled, timeout=timeout)
-            title, entries = parse_entries(data)
+            data, url = read_source(source, fetch=fetch, resolve_bundled=resolve_bundled)
+            title, entries = parse_entries(data, base_url=url)
         except Exception as exc:  # one bad feed never stops the digest
             found.feeds.append(FeedReport(source, ok=False, problem=_problem(exc)))
             continue
         found.feeds.append(FeedReport(source, ok=True, entries=len(entries)))
         for entry in entries:
-            link = str(entry.get("link", "")).strip()
-            key = link or str(entry.get("title", ""))
+            link = safe_link(entry.get("link")) or ""
+            headline = clean_text(entry.get("title", ""), limit=MAX_TITLE_CHARS) or "(untitled)"
+            key = link or headline
             topic = match_topic(entry, topics)
             if topic is None or key in seen or len(found.articles) >= limit:
                 continue
             seen.add(key)
             found.articles.append(
                 Article(
-                    title=clean_text(entry.get("title", ""), limit=200) or "(untitled)",
+                    title=headline,
                     link=link,
                     summary=clean_text(entry.get("summary", "")),
                     topic=topic,
@@ -193,10 +218,19 @@ def collect(
 
 
 def format_articles(articles: list[Article]) -> str:
-    """Articles as numbered blocks (headline, URL, topic, source, summary) for the researcher."""
+    """Articles as numbered blocks (headline, URL, topic, source, summary) for the researcher.
+
+    Feed text is markdown-escaped here: what the model copies into the digest renders as text.
+    """
     blocks = []
     for number, a in enumerate(articles, 1):
         blocks.append(
-            f"[{number}] {a.title}\nURL: {a.link}\nTopic: {a.topic}\nSource: {a.source}\nSummary: {a.summary}"
+            f"[{number}] {markdown_text(a.title)}\nURL: {a.link}\nTopic: {a.topic}\n"
+            f"Source: {markdown_text(a.source)}\nSummary: {markdown_text(a.summary)}"
         )
     return "\n\n".join(blocks)
+
+
+def format_sources(sources: Iterable[str]) -> str:
+    """Feed sources (URLs from the reader's settings) as one markdown-escaped, comma-separated line."""
+    return ", ".join(markdown_text(plain_text(s)) for s in sources)

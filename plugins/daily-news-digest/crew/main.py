@@ -1,7 +1,8 @@
 """daily-news-digest: read the feeds, keep the reader's topics, and have two agents write a digest.
 
 The framework calls :func:`build_crew` once per run (see docs/writing-plugins.md).
-Feeds are read here, in plain Python, before the crew starts: the researcher
+Feeds are read here, in plain Python, before the crew starts (URLs only through
+``ctx.fetch``, the framework's safe fetcher): the researcher
 agent chooses among the matching articles and the writer agent turns its
 choice into a markdown digest. Unreadable feeds are listed in the run's report
 and in the digest; no matching article still makes a digest that says so.
@@ -11,13 +12,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .feeds import collect, format_articles
+from .feeds import FEED_HEADERS, collect, format_articles, format_sources
 
 if TYPE_CHECKING:
     from app.execution.contract import CrewContext, CrewPlan
 
-#: Seconds to wait for one feed server.
-FEED_TIMEOUT_SECONDS = 10.0
+#: Seconds one feed may take in total (lookup, connect, redirects, body); FETCH_DEADLINE_SECONDS caps it.
+FEED_DEADLINE_SECONDS = 10.0
 #: ``bundled:NAME`` feeds are files in this folder of the plugin.
 BUNDLED_FEEDS_DIR = "feeds"
 #: How many matching articles the researcher chooses from, per story wanted.
@@ -32,15 +33,15 @@ def build_crew(ctx: CrewContext) -> CrewPlan:
         ctx.settings["feeds"],
         topics=topics,
         limit=max_items * CANDIDATES_PER_STORY,
+        fetch=lambda url: ctx.fetch(url, headers=FEED_HEADERS, deadline_seconds=FEED_DEADLINE_SECONDS),
         resolve_bundled=lambda name: ctx.resolve(f"{BUNDLED_FEEDS_DIR}/{name}"),
-        timeout=FEED_TIMEOUT_SECONDS,
         stopped=ctx.stopped,
     )
     inputs = {
         "topics": ", ".join(topics),
         "max_items": max_items,
         "articles": format_articles(found.articles) or "(no articles matched the topics)",
-        "unavailable_feeds": ", ".join(f.source for f in found.feeds if not f.ok) or "none",
+        "unavailable_feeds": format_sources(f.source for f in found.feeds if not f.ok) or "none",
     }
     report = {
         "feeds": [
