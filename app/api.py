@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -223,34 +224,71 @@ def set_timezone(user_id: int, timezone: str) -> UserInfo:
 
 
 def configure_plugin(
-    user_id: int, plugin: str, settings: dict[str, Any] | None, *, enabled: bool = True
+    user_id: int,
+    plugin: str,
+    settings: dict[str, Any] | None = None,
+    *,
+    enabled: bool | None = None,
+    unset: Iterable[str] = (),
+    replace: bool = False,
 ) -> ConfigInfo:
-    """Validate ``settings`` against the plugin's schema, then save them (never the reverse).
+    """Change a user's configuration of ``plugin``; what is not named is kept.
 
-    Enabling or changing settings recomputes ``next_run_at``. Raises
-    :class:`SettingsValidationError` with every error; nothing is saved then.
+    * ``settings`` are merged into the stored settings, key by key (top level:
+      a key's new value replaces its old value whole); ``unset`` removes keys so
+      they fall back to the plugin's defaults. With ``replace=True`` the stored
+      settings become exactly ``settings`` (``{}``/None: every default).
+    * ``enabled`` None leaves the flag as it is (a first configuration is
+      enabled); True/False sets it and nothing else changes.
+    * The resulting settings are validated *before* anything is saved: on
+      :class:`SettingsValidationError` (every error, with its path) the stored
+      row is untouched. Enabled configs get their ``next_run_at`` recomputed.
     """
+    unset = list(unset)
+    if replace and unset:
+        raise ValueError("unset cannot be combined with replace (replace already drops every key)")
+    if settings is not None and not isinstance(settings, dict):
+        raise ValueError(f"settings must be a JSON object, got {type(settings).__name__}")
+    both = sorted(set(unset) & set(settings or {}))
+    if both:
+        raise ValueError(f"key(s) both set and unset: {', '.join(map(repr, both))}")
     now = utcnow()
     with session_scope() as session:
         user = _user(session, user_id)
         row = _plugin(session, plugin)
-        validate_settings(spec_from_row(row), settings or {})
         config = session.scalars(
             select(UserPluginConfig).where(
                 UserPluginConfig.user_id == user_id, UserPluginConfig.plugin_id == row.id
             )
         ).one_or_none()
+        stored = {} if config is None or replace else dict(config.settings or {})
+        merged = {k: v for k, v in {**stored, **(settings or {})}.items() if k not in unset}
+        validate_settings(spec_from_row(row), merged)
         if config is None:
-            config = UserPluginConfig(user_id=user_id, plugin_id=row.id)
+            config = UserPluginConfig(user_id=user_id, plugin_id=row.id, enabled=True)
             session.add(config)
-        config.settings = dict(settings or {})
+        config.settings = merged
         config.plugin_version = row.version
         config.schema_fingerprint = row.schema_fingerprint
-        config.enabled = enabled
-        config.disabled_reason = None
-        config.next_run_at = schedule_next(row, config.settings, user.timezone, now=now) if enabled else None
+        if enabled is not None:
+            config.enabled = enabled
+        if config.enabled:
+            config.disabled_reason = None
+        config.next_run_at = schedule_next(row, merged, user.timezone, now=now) if config.enabled else None
         session.flush()
         return _config_info(config, row.name)
+
+
+def replace_config(
+    user_id: int, plugin: str, settings: dict[str, Any] | None, *, enabled: bool | None = None
+) -> ConfigInfo:
+    """Store exactly ``settings`` (validated first), dropping every key not in it."""
+    return configure_plugin(user_id, plugin, settings, enabled=enabled, replace=True)
+
+
+def set_enabled(user_id: int, plugin: str, enabled: bool) -> ConfigInfo:
+    """Enable or disable a user's plugin; the settings are kept as they are."""
+    return configure_plugin(user_id, plugin, None, enabled=enabled)
 
 
 def get_config(user_id: int, plugin: str) -> ConfigInfo:
