@@ -9,6 +9,7 @@ unknown user/plugin/run -> :class:`NotFoundError`, disabled plugin ->
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -33,6 +34,8 @@ from app.db.models import (
     utcnow,
 )
 from app.errors import FirstSipError, NotFoundError, PluginDisabledError, RunStateError
+from app.plugins.jsonsafe import clip
+from app.plugins.names import PLUGIN_NAME_RE
 from app.plugins.settings import spec_from_row, validate_settings
 from app.scheduling import ScheduleError, next_run_at, zone
 
@@ -102,7 +105,21 @@ class RunInfo:
 # ---- helpers ------------------------------------------------------------------------------
 
 
+#: Ids are PostgreSQL ``integer``s: anything larger names nothing (and must not reach a query).
+MAX_ID = 2**31 - 1
+#: Column sizes the API checks before a statement could fail on them.
+MAX_EMAIL = 320
+MAX_IDEMPOTENCY_KEY = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    return clip(repr(value), limit)
+
+
 def _user(session: Session, user_id: int) -> User:
+    if not 1 <= user_id <= MAX_ID:
+        raise NotFoundError(f"no user with id {user_id}")
     user = session.get(User, user_id)
     if user is None:
         raise NotFoundError(f"no user with id {user_id}")
@@ -110,6 +127,8 @@ def _user(session: Session, user_id: int) -> User:
 
 
 def _plugin(session: Session, name: str) -> PluginRow:
+    if not PLUGIN_NAME_RE.fullmatch(name):
+        raise NotFoundError(f"no plugin named {_shown(name)}")
     row = session.scalars(select(PluginRow).where(PluginRow.name == name)).one_or_none()
     if row is None:
         raise NotFoundError(f"no plugin named {name!r} (run 'first-sip plugins sync'?)")
@@ -140,7 +159,7 @@ def _parse_run_id(run_id: uuid.UUID | str) -> uuid.UUID:
     try:
         return run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
     except ValueError as exc:
-        raise NotFoundError(f"{run_id!r} is not a run id (expected a UUID)") from exc
+        raise NotFoundError(f"{_shown(str(run_id))} is not a run id (expected a UUID)") from exc
 
 
 def _config_info(config: UserPluginConfig, plugin: str) -> ConfigInfo:
@@ -169,8 +188,9 @@ def schedule_next(
 def create_user(email: str, timezone: str = "UTC") -> UserInfo:
     """Create a user; the time zone must be an IANA name. Emails are unique (case-insensitive)."""
     email = email.strip().lower()
-    if "@" not in email or len(email) > 320:
-        raise ValueError(f"not an email address: {email!r}")
+    local, _, domain = email.rpartition("@")
+    if not local or not domain or len(email) > MAX_EMAIL or _CONTROL.search(email) or " " in email:
+        raise ValueError(f"not an email address: {_shown(email)}")
     try:
         zone(timezone)
     except ScheduleError as exc:
@@ -194,18 +214,21 @@ def get_user(user_id: int) -> UserInfo:
 
 def find_user(email_or_id: str) -> UserInfo:
     """A user by numeric id or email (CLI convenience)."""
-    if email_or_id.isdigit():
+    if re.fullmatch(r"[0-9]{1,30}", email_or_id):
         return get_user(int(email_or_id))
+    email = email_or_id.strip().lower()
+    if len(email) > MAX_EMAIL or _CONTROL.search(email):
+        raise NotFoundError(f"no user with email {_shown(email_or_id)}")
     with session_scope() as session:
-        user = session.scalars(select(User).where(User.email == email_or_id.strip().lower())).one_or_none()
+        user = session.scalars(select(User).where(User.email == email)).one_or_none()
         if user is None:
-            raise NotFoundError(f"no user with email {email_or_id!r}")
+            raise NotFoundError(f"no user with email {_shown(email_or_id)}")
         return UserInfo(user.id, user.email, user.timezone)
 
 
 def set_timezone(user_id: int, timezone: str) -> UserInfo:
     """Change a user's time zone and recompute the next run of each of their enabled configs."""
-    zone(timezone)
+    zone(timezone)  # ScheduleError is a ValueError: bad input
     now = utcnow()
     with session_scope() as session:
         user = _user(session, user_id)
@@ -293,6 +316,8 @@ def set_enabled(user_id: int, plugin: str, enabled: bool) -> ConfigInfo:
 
 def get_config(user_id: int, plugin: str) -> ConfigInfo:
     """The user's configuration of ``plugin``."""
+    if not PLUGIN_NAME_RE.fullmatch(plugin) or not 1 <= user_id <= MAX_ID:
+        raise NotFoundError(f"user {user_id} has not configured plugin {_shown(plugin)}")
     with session_scope() as session:
         row = session.scalars(select(PluginRow).where(PluginRow.name == plugin)).one_or_none()
         config = None
@@ -323,6 +348,13 @@ def trigger_run(
     """
     from app.outbox import publish_run_ids
 
+    if idempotency_key is not None and (
+        not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY or _CONTROL.search(idempotency_key)
+    ):
+        raise ValueError(
+            f"an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY} printable characters "
+            f"(got {len(idempotency_key)} characters)"
+        )
     now = utcnow()
     with session_scope() as session:
         _user(session, user_id)
@@ -414,6 +446,8 @@ def list_runs(
     if user_id is not None:
         stmt = stmt.where(PluginRun.user_id == user_id)
     if plugin is not None:
+        if not PLUGIN_NAME_RE.fullmatch(plugin):
+            return []
         stmt = stmt.where(PluginRow.name == plugin)
     if status is not None:
         stmt = stmt.where(PluginRun.status == status)

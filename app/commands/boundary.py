@@ -130,7 +130,7 @@ def report(exc: BaseException) -> NoReturn:
     if isinstance(exc, sa_exc.SQLAlchemyError):
         _echo(f"database error: {type(exc).__name__}")
         raise typer.Exit(1)
-    return _report_other(exc)
+    _report_other(exc)
 
 
 def _report_other(exc: BaseException) -> NoReturn:
@@ -162,7 +162,7 @@ def _report_other(exc: BaseException) -> NoReturn:
 class GuardedGroup(TyperGroup):
     """The root command group: any exception a subcommand raises goes through :func:`report`."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except _PASS_THROUGH:

@@ -18,17 +18,20 @@ def release() -> None:
     from app.db import migrate
     from app.db.engine import session_scope
     from app.logs import configure_logging
-    from app.plugins.registry import discover
+    from app.plugins.registry import discover, missing_roots
     from app.plugins.sync import sync_plugins
 
     configure_logging()
-    try:
-        migrate.upgrade()
-        registry = discover(get_settings().plugins_dir)
-        with session_scope() as session:
-            report = sync_plugins(session, registry)
-    except Exception as exc:  # the deploy must stop with the reason
-        fail(f"release failed: {type(exc).__name__}: {exc}")
+    folder = get_settings().plugins_dir
+    missing = missing_roots(folder)
+    if missing:
+        fail(f"release failed: plugins folder not found: {', '.join(missing)}")
+    # Any failure exits non-zero through the CLI's error boundary (one line, no SQL, no secret);
+    # a broken plugin is not a failure: it is skipped, reported, and the others are synced.
+    migrate.upgrade()
+    registry = discover(folder)
+    with session_scope() as session:
+        report = sync_plugins(session, registry)
     for problem in registry.problems:
         typer.echo(f"plugin skipped: {problem}", err=True)
     for line in report.lines():

@@ -118,8 +118,12 @@ def run(
     as_json: bool = JsonOption,
 ) -> None:
     """Trigger a run now (through the stream, like a scheduled one)."""
+    import math
+
     from app import api
 
+    if wait and not (math.isfinite(timeout) and timeout >= 0):
+        raise ValueError("--timeout must be a finite number of seconds, 0 or more")
     overrides = parse_settings(set_, file)
     info = api.trigger_run(api.find_user(user).id, plugin, overrides or None, idempotency_key=key)
     if not wait:

@@ -228,6 +228,11 @@ def _plugin_dirs(plugins_dir: Path | str) -> list[Path]:
     return [Path(p) for p in str(plugins_dir).split(os.pathsep) if p]
 
 
+def missing_roots(plugins_dir: Path | str) -> list[str]:
+    """The folders of ``plugins_dir`` that are not folders: a sync must not read them as "no plugins"."""
+    return [str(root) for root in _plugin_dirs(plugins_dir) if not root.is_dir()]
+
+
 def discover(plugins_dir: Path | str) -> Registry:
     """Load every plugin under ``plugins_dir`` (one per subfolder holding ``plugin.yaml``).
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import referencing.exceptions
 from jsonschema import Draft202012Validator, ValidationError, validators
-from jsonschema_specifications import REGISTRY as SPECIFICATIONS
+from jsonschema_specifications import REGISTRY as SPECIFICATIONS  # type: ignore[import-untyped]
 from referencing import Registry, Resource
 
 from app.errors import PluginError, Problem, SettingsIssue, SettingsValidationError
@@ -70,7 +70,7 @@ _KEY_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 def _refuse_retrieval(uri: str) -> Resource[Any]:
     # A remote $ref is never fetched: a configure or a sync must not depend on (or call) the network.
-    raise referencing.exceptions.NoSuchResource(ref=uri)
+    raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
 
 
 #: The JSON Schema metaschemas, and nothing that would have to be downloaded.
@@ -144,7 +144,7 @@ def _pattern_properties(
 
 
 #: Draft 2020-12 with ECMA-262 ``pattern``/``patternProperties`` (see the module docstring).
-SettingsValidator = validators.extend(
+SettingsValidator = validators.extend(  # type: ignore[no-untyped-call]
     Draft202012Validator, {"pattern": _pattern, "patternProperties": _pattern_properties}
 )
 
@@ -194,7 +194,7 @@ def storage_issues(settings: Any) -> list[SettingsIssue]:
     issues = [SettingsIssue(path, message) for path, message in storage_problems(settings)]
     if issues:
         return issues
-    stack = [(settings, ())]
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(settings, ())]
     while stack:  # keys with control characters: invisible, and never what a user meant
         item, path = stack.pop()
         if isinstance(item, dict):

@@ -107,7 +107,9 @@ def sync_plugins(session: Session, registry: Registry) -> SyncReport:
             # The savepoint rolled back this plugin alone; its row (if any) keeps its old values.
             log.warning("plugin %s not synced: %s", name, type(exc).__name__, exc_info=True)
             reason = getattr(exc, "orig", None) or exc
-            report.failed.append(f"{name} ({plugin.folder}): {type(reason).__name__}: {clip(str(reason), 200)}")
+            report.failed.append(
+                f"{name} ({plugin.folder}): {type(reason).__name__}: {clip(str(reason), 200)}"
+            )
             rows.pop(name, None)
     for name, row in sorted(rows.items()):
         if name not in registry.plugins and row.enabled:

@@ -70,13 +70,13 @@ class _CoreResolver(BaseResolver):
             for tag, pattern in (("null", _NULL), ("bool", _BOOL), ("int", _INT), ("float", _FLOAT)):
                 if pattern.match(value):
                     return _CORE + tag
-        return super().resolve(kind, value, implicit)
+        return str(super().resolve(kind, value, implicit))  # type: ignore[no-untyped-call]
 
 
 class _StrictComposer(Composer):
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
-        if self.check_event(yaml.AliasEvent):  # type: ignore[no-untyped-call]
-            event = self.get_event()  # type: ignore[no-untyped-call]
+        if self.check_event(yaml.AliasEvent):  # type: ignore[attr-defined]
+            event = self.get_event()  # type: ignore[attr-defined]
             raise YamlError(
                 f"aliases (*{event.anchor}) are not allowed: write the value out",
                 line=_line(event.start_mark),
@@ -84,7 +84,7 @@ class _StrictComposer(Composer):
         self._depth = getattr(self, "_depth", 0) + 1
         try:
             if self._depth > MAX_DEPTH:
-                event = self.peek_event()  # type: ignore[no-untyped-call]
+                event = self.peek_event()  # type: ignore[attr-defined]
                 raise YamlError(f"nested deeper than {MAX_DEPTH} levels", line=_line(event.start_mark))
             return super().compose_node(parent, index)  # type: ignore[no-untyped-call,no-any-return]
         finally:

@@ -23,6 +23,7 @@ stream only. A bare id is accepted when exactly one plugin has it.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from sqlalchemy import select
 from app.db import runs
 from app.db.engine import session_scope
 from app.db.models import PluginRow
+from app.plugins.jsonsafe import clip
+from app.plugins.names import PLUGIN_NAME_RE
 from app.redis_client import get_redis
 from app.streams import keys
 from app.streams.envelope import Reason, parse_entry
@@ -164,10 +167,22 @@ def list_dead_letters(
     return out
 
 
+def _valid_ref(plugin: str, dead_id: str) -> bool:
+    match = re.fullmatch(r"([0-9]{1,20})-([0-9]{1,20})", dead_id)
+    if match is None or any(int(part) >= 2**64 for part in match.groups()):
+        return False
+    return not plugin or PLUGIN_NAME_RE.fullmatch(plugin) is not None
+
+
 def get_dead_letter(ref: str, *, client: redis.Redis | None = None) -> DeadLetter:
     """The dead letter ``<plugin>/<id>`` (or a bare id unique across plugins)."""
     client = client or get_redis(decode_responses=False)
     plugin, _, dead_id = ref.rpartition("/")
+    if not _valid_ref(plugin, dead_id):
+        raise DeadLetterNotFoundError(
+            f"no dead letter {clip(repr(ref), 80)}: a reference is <plugin>/<entry id>, "
+            "e.g. daily-news-digest/1700000000000-0 (see 'first-sip dlq list')"
+        )
     found: list[DeadLetter] = []
     for name in [plugin] if plugin else plugin_names():
         reply: Any = client.xrange(keys.dead_letters(name), dead_id, dead_id)
