@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import redis
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.config import address, get_settings
 from app.db import runs as run_states
 from app.db.engine import session_scope
 from app.db.models import (
@@ -33,7 +35,13 @@ from app.db.models import (
     UserPluginConfig,
     utcnow,
 )
-from app.errors import FirstSipError, NotFoundError, PluginDisabledError, RunStateError
+from app.errors import (
+    FirstSipError,
+    NotFoundError,
+    NotPublishedError,
+    PluginDisabledError,
+    RunStateError,
+)
 from app.plugins.jsonsafe import clip
 from app.plugins.names import PLUGIN_NAME_RE
 from app.plugins.settings import spec_from_row, validate_settings
@@ -392,7 +400,15 @@ def trigger_run(
             session.rollback()
             return trigger_run(user_id, plugin, settings, idempotency_key)
         run_id = run.run_id
-    publish_run_ids([run_id], now=now)  # after commit: the row exists before any message names it
+    try:
+        publish_run_ids([run_id], now=now)  # after commit: the row exists before any message names it
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        where = address(get_settings().redis_url)
+        raise NotPublishedError(
+            f"run {run_id} was saved but not published: Redis at {where} does not answer; the "
+            "scheduler's outbox sweep publishes it once Redis is back",
+            run_id=run_id,
+        ) from exc
     return get_run(run_id)
 
 

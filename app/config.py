@@ -11,6 +11,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,20 @@ def normalize_database_url(url: str) -> str:
         if url.startswith(scheme):
             return "postgresql+psycopg://" + url[len(scheme) :]
     return url
+
+
+def address(url: str) -> str:
+    """Where a service URL points, for messages: ``host:port`` (or the file/socket), never credentials."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "an unparseable URL"
+    if parts.scheme.startswith("sqlite"):
+        return url.split("///", 1)[-1] or "memory"
+    if parts.scheme == "unix":
+        return parts.path or "a unix socket"
+    return f"{host or 'localhost'}:{port}" if port else (host or "localhost")
 
 
 class Settings(BaseSettings):

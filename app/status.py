@@ -3,7 +3,8 @@
 Reads only: stream length, pending entries, the oldest pending entry's idle
 time, consumer-group lag, dead letters, runs by status in the last 24 hours,
 and the schedule lag (now minus the oldest due ``next_run_at``). A missing
-stream or group reads as zero; Redis being down is reported, not raised.
+stream or group reads as zero; Redis being down raises (the CLI says so in one
+line); one plugin's broken stream is reported on that plugin only.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def pipeline_status(*, now: datetime | None = None) -> list[PluginStatus]:
     for plugin_id, run_status, count in counts:
         by_plugin.setdefault(plugin_id, {})[run_status] = count
     client = get_redis()
+    client.ping()  # Redis down is the caller's error (one line), not one note per plugin
     result = []
     for plugin_id, name, enabled in plugins:
         item = PluginStatus(plugin=name, enabled=enabled, runs_24h=by_plugin.get(plugin_id, {}))

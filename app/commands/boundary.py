@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
 
 import typer
 from typer.core import TyperGroup
@@ -35,16 +34,9 @@ MAX_ISSUES = 20
 
 def where(url: str) -> str:
     """``host:port`` of a service URL: never its user or password."""
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return "an unparseable URL"
-    if parts.scheme.startswith("sqlite"):
-        return url.split("///", 1)[-1] or "memory"
-    if parts.scheme == "unix":
-        return parts.path or "a unix socket"
-    return f"{host or 'localhost'}:{port}" if port else (host or "localhost")
+    from app.config import address
+
+    return address(url)
 
 
 def _safe(text: str, limit: int = 300) -> str:
