@@ -135,7 +135,7 @@ def _snapshot() -> dict[str, list[Any]]:
         return {
             table: [
                 json.dumps(dict(row._mapping), default=str, sort_keys=True)
-                for row in conn.execute(text(f"SELECT * FROM {table} ORDER BY id"))  # noqa: S608
+                for row in conn.execute(text(f"SELECT * FROM {table} ORDER BY id"))
             ]
             for table in TABLES
         }

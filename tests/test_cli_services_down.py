@@ -166,7 +166,7 @@ def test_every_command_with_redis_then_postgres_stopped(  # type: ignore[no-unty
 
 
 def test_real_processes_print_one_line(private) -> None:  # type: ignore[no-untyped-def]
-    pg, rd, ids = private
+    pg, rd, _ids = private
     pg.stop()
     rd.stop()
     env = {**os.environ, "DATABASE_URL": pg.url.replace("root@", f"root:{PASSWORD}@")}
