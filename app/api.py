@@ -197,7 +197,7 @@ def create_user(email: str, timezone: str = "UTC") -> UserInfo:
     """Create a user; the time zone must be an IANA name. Emails are unique (case-insensitive)."""
     email = email.strip().lower()
     local, _, domain = email.rpartition("@")
-    if not local or not domain or len(email) > MAX_EMAIL or _CONTROL.search(email) or " " in email:
+    if not local or not domain or len(email) > MAX_EMAIL or _CONTROL.search(email):
         raise ValueError(f"not an email address: {_shown(email)}")
     try:
         zone(timezone)
@@ -409,7 +409,14 @@ def trigger_run(
             "scheduler's outbox sweep publishes it once Redis is back",
             run_id=run_id,
         ) from exc
-    return get_run(run_id)
+    info = get_run(run_id)
+    if info.status == RunStatus.PENDING:  # the stream refused the entry (see the producer's log)
+        raise NotPublishedError(
+            f"run {run_id} was saved but not published: Redis refused plugin {plugin!r}'s stream (see "
+            "'first-sip status'); it stays pending and the outbox sweep retries it",
+            run_id=run_id,
+        )
+    return info
 
 
 def get_run(run_id: uuid.UUID | str) -> RunInfo:
@@ -496,8 +503,13 @@ def dead_letters(plugin: str | None = None, *, limit: int = 100) -> list[DeadLet
     return dlq.list_dead_letters(plugin, limit=limit)
 
 
-def replay_dead_letter(ref: str) -> ReplayResult:
-    """A fresh attempt of a dead letter's run (``<plugin>/<entry id>``): run reset, new entry published."""
+def replay_dead_letter(ref: str, *, include_failed: bool = False) -> ReplayResult:
+    """A fresh attempt of a dead letter's run (``<plugin>/<entry id>``): run reset, new entry published.
+
+    A run that failed for another reason than this dead letter is replayed only
+    with ``include_failed=True``; completed, cancelled and running runs never
+    are. The replaced status and error are kept in the run's ``replays``.
+    """
     from app.streams import dlq
 
-    return dlq.replay(ref)
+    return dlq.replay(ref, include_failed=include_failed)

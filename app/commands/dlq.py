@@ -72,18 +72,25 @@ def replay(
     ref: str | None = typer.Argument(None, help="<plugin>/<id> (or a bare id unique across plugins)."),
     all_: bool = typer.Option(False, "--all", help="Replay every dead letter (of --plugin, if given)."),
     plugin: str | None = typer.Option(None, "--plugin", help="With --all: only this plugin."),
+    failed: bool = typer.Option(
+        False, "--failed", help="Also replay runs that failed for another reason than the dead letter."
+    ),
 ) -> None:
-    """Give dead-lettered runs a fresh attempt: the run goes back to pending and gets a new entry."""
-    from app.errors import FirstSipError
+    """Give dead-lettered runs a fresh attempt: the run goes back to pending and gets a new entry.
+
+    Completed, cancelled and running runs are never touched, nor (without
+    --failed) a run that failed for another reason than its dead letter; their
+    dead letters are kept. A replayed run keeps its earlier error in its history.
+    """
     from app.streams import dlq
 
     if bool(ref) == all_:
         fail("give either a dead-letter reference or --all", code=2)
     results: list[Any]
-    try:
-        results = dlq.replay_all(plugin) if all_ else [dlq.replay(ref or "")]
-    except FirstSipError as exc:
-        fail(str(exc))
+    if all_:
+        results = dlq.replay_all(plugin, include_failed=failed)
+    else:
+        results = [dlq.replay(ref or "", include_failed=failed)]
     for r in results:
         status = f"replayed as {r.new_entry_id}" if r.replayed else f"kept: {r.detail}"
         typer.echo(f"{r.ref}: run {r.run_id or '-'} {status}")
