@@ -46,9 +46,10 @@ class PluginManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     name: str = Field(min_length=1)
-    description: str = Field(min_length=1)
-    owner: str = Field(min_length=1)
-    version: str
+    # Lengths are the database columns' (app/db/models.py): what validate accepts, sync can store.
+    description: str = Field(min_length=1, max_length=10_000)
+    owner: str = Field(min_length=1, max_length=200)
+    version: str = Field(max_length=100)
     schema_version: str = "v1"
     capabilities: list[Capability] = Field(default_factory=list)
     default_config: dict[str, Any] = Field(default_factory=dict)
