@@ -21,9 +21,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column(
-        "plugin_runs", sa.Column("attempts_base", sa.Integer(), server_default="0", nullable=False)
-    )
+    op.add_column("plugin_runs", sa.Column("attempts_base", sa.Integer(), server_default="0", nullable=False))
     op.add_column(
         "plugin_runs",
         sa.Column(
