@@ -217,10 +217,10 @@ def validation_issues(target: Plugin | SettingsSpec, settings: Any) -> list[Sett
     schema is not applied to them). A schema whose ``$ref`` cannot be resolved
     locally raises :class:`PluginError` naming the reference.
     """
-    spec = _spec(target)
-    stored = storage_issues(settings)
-    if stored:
-        return stored
+    return storage_issues(settings) or _schema_issues(_spec(target), settings)
+
+
+def _schema_issues(spec: SettingsSpec, settings: Any) -> list[SettingsIssue]:
     try:
         errors = list(spec.validator.iter_errors(settings))
     except referencing.exceptions.Unresolvable as exc:
@@ -247,7 +247,8 @@ def validate_settings(target: Plugin | SettingsSpec, settings: dict[str, Any] | 
     if stored:  # report the user's own paths before defaults are merged in
         raise SettingsValidationError(spec.plugin, stored)
     merged = effective_settings(spec, settings)
-    issues = validation_issues(spec, merged)
+    # Defaults come from the plugin, checked when it loaded: only the schema is left to apply.
+    issues = _schema_issues(spec, merged)
     if issues:
         raise SettingsValidationError(spec.plugin, issues)
     return merged
