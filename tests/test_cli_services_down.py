@@ -30,6 +30,23 @@ from tests.chaos_services import PrivatePostgres, PrivateRedis
 from tests.conftest import ROOT
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``release`` configures logging in-process; undo it so no handler outlives CliRunner's streams."""
+    import logging
+
+    from app import logs
+
+    root = logging.getLogger()
+    handlers, level, configured = list(root.handlers), root.level, logs._configured
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logs._configured = configured
+
+
 PASSWORD = "Pg-Outage-Pw-7"  # in the URL; trust auth ignores it, and it must never be printed
 
 

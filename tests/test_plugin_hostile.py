@@ -9,6 +9,7 @@ refuses or reads as strings.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,22 @@ from app.plugins.sync import sync_plugins
 from tests.conftest import VALID_SCHEMA, manifest_text
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``release`` configures logging in-process; undo it so no handler outlives CliRunner's streams."""
+    import logging
+
+    from app import logs
+
+    root = logging.getLogger()
+    handlers, level, configured = list(root.handlers), root.level, logs._configured
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logs._configured = configured
+
 
 # A 1 KB "billion laughs": nine levels of nine aliases (about 4 GB once expanded).
 ALIAS_BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
