@@ -9,16 +9,20 @@ unknown user/plugin/run -> :class:`NotFoundError`, disabled plugin ->
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import redis
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.config import address, get_settings
 from app.db import runs as run_states
 from app.db.engine import session_scope
 from app.db.models import (
@@ -31,7 +35,15 @@ from app.db.models import (
     UserPluginConfig,
     utcnow,
 )
-from app.errors import FirstSipError, NotFoundError, PluginDisabledError, RunStateError
+from app.errors import (
+    FirstSipError,
+    NotFoundError,
+    NotPublishedError,
+    PluginDisabledError,
+    RunStateError,
+)
+from app.plugins.jsonsafe import clip
+from app.plugins.names import PLUGIN_NAME_RE
 from app.plugins.settings import spec_from_row, validate_settings
 from app.scheduling import ScheduleError, next_run_at, zone
 
@@ -101,7 +113,21 @@ class RunInfo:
 # ---- helpers ------------------------------------------------------------------------------
 
 
+#: Ids are PostgreSQL ``integer``s: anything larger names nothing (and must not reach a query).
+MAX_ID = 2**31 - 1
+#: Column sizes the API checks before a statement could fail on them.
+MAX_EMAIL = 320
+MAX_IDEMPOTENCY_KEY = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    return clip(repr(value), limit)
+
+
 def _user(session: Session, user_id: int) -> User:
+    if not 1 <= user_id <= MAX_ID:
+        raise NotFoundError(f"no user with id {user_id}")
     user = session.get(User, user_id)
     if user is None:
         raise NotFoundError(f"no user with id {user_id}")
@@ -109,6 +135,8 @@ def _user(session: Session, user_id: int) -> User:
 
 
 def _plugin(session: Session, name: str) -> PluginRow:
+    if not PLUGIN_NAME_RE.fullmatch(name):
+        raise NotFoundError(f"no plugin named {_shown(name)}")
     row = session.scalars(select(PluginRow).where(PluginRow.name == name)).one_or_none()
     if row is None:
         raise NotFoundError(f"no plugin named {name!r} (run 'first-sip plugins sync'?)")
@@ -139,7 +167,7 @@ def _parse_run_id(run_id: uuid.UUID | str) -> uuid.UUID:
     try:
         return run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
     except ValueError as exc:
-        raise NotFoundError(f"{run_id!r} is not a run id (expected a UUID)") from exc
+        raise NotFoundError(f"{_shown(str(run_id))} is not a run id (expected a UUID)") from exc
 
 
 def _config_info(config: UserPluginConfig, plugin: str) -> ConfigInfo:
@@ -168,8 +196,9 @@ def schedule_next(
 def create_user(email: str, timezone: str = "UTC") -> UserInfo:
     """Create a user; the time zone must be an IANA name. Emails are unique (case-insensitive)."""
     email = email.strip().lower()
-    if "@" not in email or len(email) > 320:
-        raise ValueError(f"not an email address: {email!r}")
+    local, _, domain = email.rpartition("@")
+    if not local or not domain or len(email) > MAX_EMAIL or _CONTROL.search(email):
+        raise ValueError(f"not an email address: {_shown(email)}")
     try:
         zone(timezone)
     except ScheduleError as exc:
@@ -193,18 +222,21 @@ def get_user(user_id: int) -> UserInfo:
 
 def find_user(email_or_id: str) -> UserInfo:
     """A user by numeric id or email (CLI convenience)."""
-    if email_or_id.isdigit():
+    if re.fullmatch(r"[0-9]{1,30}", email_or_id):
         return get_user(int(email_or_id))
+    email = email_or_id.strip().lower()
+    if len(email) > MAX_EMAIL or _CONTROL.search(email):
+        raise NotFoundError(f"no user with email {_shown(email_or_id)}")
     with session_scope() as session:
-        user = session.scalars(select(User).where(User.email == email_or_id.strip().lower())).one_or_none()
+        user = session.scalars(select(User).where(User.email == email)).one_or_none()
         if user is None:
-            raise NotFoundError(f"no user with email {email_or_id!r}")
+            raise NotFoundError(f"no user with email {_shown(email_or_id)}")
         return UserInfo(user.id, user.email, user.timezone)
 
 
 def set_timezone(user_id: int, timezone: str) -> UserInfo:
     """Change a user's time zone and recompute the next run of each of their enabled configs."""
-    zone(timezone)
+    zone(timezone)  # ScheduleError is a ValueError: bad input
     now = utcnow()
     with session_scope() as session:
         user = _user(session, user_id)
@@ -223,38 +255,77 @@ def set_timezone(user_id: int, timezone: str) -> UserInfo:
 
 
 def configure_plugin(
-    user_id: int, plugin: str, settings: dict[str, Any] | None, *, enabled: bool = True
+    user_id: int,
+    plugin: str,
+    settings: dict[str, Any] | None = None,
+    *,
+    enabled: bool | None = None,
+    unset: Iterable[str] = (),
+    replace: bool = False,
 ) -> ConfigInfo:
-    """Validate ``settings`` against the plugin's schema, then save them (never the reverse).
+    """Change a user's configuration of ``plugin``; what is not named is kept.
 
-    Enabling or changing settings recomputes ``next_run_at``. Raises
-    :class:`SettingsValidationError` with every error; nothing is saved then.
+    * ``settings`` are merged into the stored settings, key by key (top level:
+      a key's new value replaces its old value whole); ``unset`` removes keys so
+      they fall back to the plugin's defaults. With ``replace=True`` the stored
+      settings become exactly ``settings`` (``{}``/None: every default).
+    * ``enabled`` None leaves the flag as it is (a first configuration is
+      enabled); True/False sets it and nothing else changes.
+    * The resulting settings are validated *before* anything is saved: on
+      :class:`SettingsValidationError` (every error, with its path) the stored
+      row is untouched. Enabled configs get their ``next_run_at`` recomputed.
     """
+    unset = list(unset)
+    if replace and unset:
+        raise ValueError("unset cannot be combined with replace (replace already drops every key)")
+    if settings is not None and not isinstance(settings, dict):
+        raise ValueError(f"settings must be a JSON object, got {type(settings).__name__}")
+    both = sorted(set(unset) & set(settings or {}))
+    if both:
+        raise ValueError(f"key(s) both set and unset: {', '.join(map(repr, both))}")
     now = utcnow()
     with session_scope() as session:
         user = _user(session, user_id)
         row = _plugin(session, plugin)
-        validate_settings(spec_from_row(row), settings or {})
         config = session.scalars(
             select(UserPluginConfig).where(
                 UserPluginConfig.user_id == user_id, UserPluginConfig.plugin_id == row.id
             )
         ).one_or_none()
+        stored = {} if config is None or replace else dict(config.settings or {})
+        merged = {k: v for k, v in {**stored, **(settings or {})}.items() if k not in unset}
+        validate_settings(spec_from_row(row), merged)
         if config is None:
-            config = UserPluginConfig(user_id=user_id, plugin_id=row.id)
+            config = UserPluginConfig(user_id=user_id, plugin_id=row.id, enabled=True)
             session.add(config)
-        config.settings = dict(settings or {})
+        config.settings = merged
         config.plugin_version = row.version
         config.schema_fingerprint = row.schema_fingerprint
-        config.enabled = enabled
-        config.disabled_reason = None
-        config.next_run_at = schedule_next(row, config.settings, user.timezone, now=now) if enabled else None
+        if enabled is not None:
+            config.enabled = enabled
+        if config.enabled:
+            config.disabled_reason = None
+        config.next_run_at = schedule_next(row, merged, user.timezone, now=now) if config.enabled else None
         session.flush()
         return _config_info(config, row.name)
 
 
+def replace_config(
+    user_id: int, plugin: str, settings: dict[str, Any] | None, *, enabled: bool | None = None
+) -> ConfigInfo:
+    """Store exactly ``settings`` (validated first), dropping every key not in it."""
+    return configure_plugin(user_id, plugin, settings, enabled=enabled, replace=True)
+
+
+def set_enabled(user_id: int, plugin: str, enabled: bool) -> ConfigInfo:
+    """Enable or disable a user's plugin; the settings are kept as they are."""
+    return configure_plugin(user_id, plugin, None, enabled=enabled)
+
+
 def get_config(user_id: int, plugin: str) -> ConfigInfo:
     """The user's configuration of ``plugin``."""
+    if not PLUGIN_NAME_RE.fullmatch(plugin) or not 1 <= user_id <= MAX_ID:
+        raise NotFoundError(f"user {user_id} has not configured plugin {_shown(plugin)}")
     with session_scope() as session:
         row = session.scalars(select(PluginRow).where(PluginRow.name == plugin)).one_or_none()
         config = None
@@ -285,6 +356,13 @@ def trigger_run(
     """
     from app.outbox import publish_run_ids
 
+    if idempotency_key is not None and (
+        not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY or _CONTROL.search(idempotency_key)
+    ):
+        raise ValueError(
+            f"an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY} printable characters "
+            f"(got {len(idempotency_key)} characters)"
+        )
     now = utcnow()
     with session_scope() as session:
         _user(session, user_id)
@@ -322,8 +400,23 @@ def trigger_run(
             session.rollback()
             return trigger_run(user_id, plugin, settings, idempotency_key)
         run_id = run.run_id
-    publish_run_ids([run_id], now=now)  # after commit: the row exists before any message names it
-    return get_run(run_id)
+    try:
+        publish_run_ids([run_id], now=now)  # after commit: the row exists before any message names it
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        where = address(get_settings().redis_url)
+        raise NotPublishedError(
+            f"run {run_id} was saved but not published: Redis at {where} does not answer; the "
+            "scheduler's outbox sweep publishes it once Redis is back",
+            run_id=run_id,
+        ) from exc
+    info = get_run(run_id)
+    if info.status == RunStatus.PENDING:  # the stream refused the entry (see the producer's log)
+        raise NotPublishedError(
+            f"run {run_id} was saved but not published: Redis refused plugin {plugin!r}'s stream (see "
+            "'first-sip status'); it stays pending and the outbox sweep retries it",
+            run_id=run_id,
+        )
+    return info
 
 
 def get_run(run_id: uuid.UUID | str) -> RunInfo:
@@ -376,6 +469,8 @@ def list_runs(
     if user_id is not None:
         stmt = stmt.where(PluginRun.user_id == user_id)
     if plugin is not None:
+        if not PLUGIN_NAME_RE.fullmatch(plugin):
+            return []
         stmt = stmt.where(PluginRow.name == plugin)
     if status is not None:
         stmt = stmt.where(PluginRun.status == status)
@@ -408,8 +503,13 @@ def dead_letters(plugin: str | None = None, *, limit: int = 100) -> list[DeadLet
     return dlq.list_dead_letters(plugin, limit=limit)
 
 
-def replay_dead_letter(ref: str) -> ReplayResult:
-    """A fresh attempt of a dead letter's run (``<plugin>/<entry id>``): run reset, new entry published."""
+def replay_dead_letter(ref: str, *, include_failed: bool = False) -> ReplayResult:
+    """A fresh attempt of a dead letter's run (``<plugin>/<entry id>``): run reset, new entry published.
+
+    A run that failed for another reason than this dead letter is replayed only
+    with ``include_failed=True``; completed, cancelled and running runs never
+    are. The replaced status and error are kept in the run's ``replays``.
+    """
     from app.streams import dlq
 
-    return dlq.replay(ref)
+    return dlq.replay(ref, include_failed=include_failed)

@@ -10,12 +10,15 @@ from __future__ import annotations
 import typer
 
 from app.commands import consumer, db, dlq, ops, plugins, runs, status, users
+from app.commands.boundary import GuardedGroup
 
 cli = typer.Typer(
     name="first-sip",
     help="First Sip plugin runner: plugins, runs, schedules and the processes that carry them.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # One error boundary for every command: one line on stderr, never a traceback.
+    cls=GuardedGroup,
 )
 cli.add_typer(plugins.app, name="plugins")
 cli.add_typer(db.app, name="db")

@@ -11,8 +11,9 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.errors import ConfigurationError
@@ -36,6 +37,20 @@ def normalize_database_url(url: str) -> str:
         if url.startswith(scheme):
             return "postgresql+psycopg://" + url[len(scheme) :]
     return url
+
+
+def address(url: str) -> str:
+    """Where a service URL points, for messages: ``host:port`` (or the file/socket), never credentials."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "an unparseable URL"
+    if parts.scheme.startswith("sqlite"):
+        return url.split("///", 1)[-1] or "memory"
+    if parts.scheme == "unix":
+        return parts.path or "a unix socket"
+    return f"{host or 'localhost'}:{port}" if port else (host or "localhost")
 
 
 class Settings(BaseSettings):
@@ -161,13 +176,37 @@ class Settings(BaseSettings):
         return min(manifest_timeout or self.default_run_timeout_seconds, self.max_run_timeout_seconds)
 
 
+def _variable(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return ""
+    field = Settings.model_fields.get(str(loc[0]))
+    name = (field.alias if field is not None and field.alias else str(loc[0])).upper()
+    return name + "".join(f"[{part}]" for part in loc[1:])
+
+
+def describe(exc: ValidationError) -> str:
+    """Every invalid variable and what is wrong with it, never the value it holds.
+
+    pydantic's own text quotes each ``input_value``: DATABASE_URL, REDIS_URL and
+    FLOWER_BASIC_AUTH carry passwords, so it must never be printed.
+    """
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        message = str(error["msg"]).removeprefix("Value error, ")
+        name = _variable(tuple(error["loc"]))
+        lines.append(f"{name}: {message}" if name else message)
+    return "; ".join(lines)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Return the process-wide settings, read from the environment on first call.
 
-    Raises :class:`ConfigurationError` naming every invalid variable.
+    Raises :class:`ConfigurationError` naming every invalid variable and what is
+    wrong with it; its message never contains a variable's value.
     """
     try:
         return Settings()
-    except ValueError as exc:  # pydantic.ValidationError is a ValueError
-        raise ConfigurationError(str(exc)) from exc
+    except ValidationError as exc:
+        # ``from None``: the chained pydantic error would print the values in a traceback.
+        raise ConfigurationError(describe(exc)) from None

@@ -69,6 +69,14 @@ class RunStateError(FirstSipError):
     """The run is not in a state that allows the requested operation."""
 
 
+class NotPublishedError(FirstSipError):
+    """A run was saved but its stream entry could not be written (the outbox publishes it later)."""
+
+    def __init__(self, message: str, *, run_id: object) -> None:
+        self.run_id = run_id
+        super().__init__(message)
+
+
 class TransientError(FirstSipError):
     """A failure worth retrying later (provider connection error, rate limit, timeout)."""
 

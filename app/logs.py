@@ -5,6 +5,12 @@ logger's handler; every record carries the fields bound with :func:`bind` in
 the current context; known secret values (settings secrets, database password,
 ``*_API_KEY``/``*_TOKEN``/``*_SECRET`` variables) are replaced by ``***`` before
 a record is written.
+
+Short secrets: a value of :data:`MIN_ANYWHERE` characters or more is redacted
+wherever it appears. A shorter one (``redis://:abc@host``) is redacted too, but
+only where it stands as a value: right after ``=`` or ``:`` (URL passwords,
+``key=value``, ``key: value``, JSON ``"key": "value"``) and up to a delimiter,
+so a three-letter password never turns every ``abc`` in a log into ``***``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import contextvars
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +29,8 @@ from urllib.parse import urlsplit
 
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("log_context", default=None)
 _SECRET_ENV_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
+#: Secrets at least this long are redacted anywhere; shorter ones only in value position.
+MIN_ANYWHERE = 6
 _configured = False
 
 
@@ -60,14 +69,21 @@ def secret_values() -> list[str]:
             if password:
                 values.append(password)
     values.extend(v for k, v in os.environ.items() if k.endswith(_SECRET_ENV_SUFFIXES))
-    # Short values would redact ordinary words; real secrets are longer.
-    return sorted({v for v in values if len(v) >= 6}, key=len, reverse=True)
+    return sorted({v for v in values if v}, key=len, reverse=True)
+
+
+def _in_value_position(secret: str) -> re.Pattern[str]:
+    # After "=" or ":" (optionally a space and a quote), and followed by a delimiter or the end.
+    return re.compile(r"(?<=[=:])(\s?[\"']?)" + re.escape(secret) + r"(?=[\"'\s,;&@/)}\]]|$)")
 
 
 def redact(text: str, secrets: list[str] | None = None) -> str:
-    """``text`` with every secret value replaced by ``***``."""
+    """``text`` with every secret value replaced by ``***`` (short ones in value position only)."""
     for value in secret_values() if secrets is None else secrets:
-        text = text.replace(value, "***")
+        if len(value) >= MIN_ANYWHERE:
+            text = text.replace(value, "***")
+        elif value in text:
+            text = _in_value_position(value).sub(lambda m: m.group(1) + "***", text)
     return text
 
 

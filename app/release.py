@@ -13,8 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.errors import Problem
+from app.errors import FirstSipError, Problem
 from app.plugins.sync import SyncReport
+
+
+class ReleaseError(FirstSipError):
+    """The release cannot proceed (e.g. the plugins folder is missing); the deploy must stop."""
 
 
 @dataclass(frozen=True)
@@ -30,11 +34,16 @@ def release(*, plugins_dir: Path | str | None = None) -> ReleaseReport:
     from app.config import get_settings
     from app.db import migrate
     from app.db.engine import session_scope
-    from app.plugins.registry import discover
+    from app.plugins.registry import discover, missing_roots
     from app.plugins.sync import sync_plugins
 
+    folder = plugins_dir or get_settings().plugins_dir
+    missing = missing_roots(folder)
+    if missing:
+        # Read as "no plugins", a missing folder would disable every plugin.
+        raise ReleaseError(f"release failed: plugins folder not found: {', '.join(missing)}")
     migrate.upgrade()
-    registry = discover(plugins_dir or get_settings().plugins_dir)
+    registry = discover(folder)
     with session_scope() as session:
         report = sync_plugins(session, registry)
     return ReleaseReport(report, list(registry.problems))

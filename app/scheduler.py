@@ -206,5 +206,6 @@ def tick(*, now: datetime | None = None) -> dict[str, int]:
     report.republished = sweep(now=now)
     counters = report.as_dict()
     if report.created or report.republished or report.skipped_stale or report.disabled:
-        log.info("scheduler tick", extra=counters)
+        # Prefixed: "created" (and other LogRecord attributes) may not be passed as extra keys.
+        log.info("scheduler tick", extra={f"tick_{k}": v for k, v in counters.items()})
     return counters

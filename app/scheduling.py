@@ -15,6 +15,7 @@ Guarantees (all results are aware UTC datetimes, strictly after ``after``):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -38,12 +39,25 @@ class Schedule:
     zone: ZoneInfo
 
 
+#: What an IANA zone name looks like (``Europe/Berlin``, ``Etc/GMT+5``); at most the column's 64.
+_ZONE_NAME = re.compile(r"[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+)*")
+
+
 def zone(name: str) -> ZoneInfo:
-    """The IANA time zone ``name``; raises :class:`ScheduleError` if unknown."""
+    """The IANA time zone ``name``; raises :class:`ScheduleError` if unknown.
+
+    Names that cannot be zones (too long, odd characters, a folder such as
+    ``Europe``) are refused the same way, never with an ``OSError``.
+    """
+    if not isinstance(name, str) or len(name) > 64 or not _ZONE_NAME.fullmatch(name):
+        shown = repr(name[:40]) + ("..." if isinstance(name, str) and len(name) > 40 else "")
+        raise ScheduleError(f"unknown time zone {shown} (expected an IANA name such as Europe/Berlin)")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ScheduleError(f"unknown time zone {name!r}") from exc
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise ScheduleError(
+            f"unknown time zone {name!r} (expected an IANA name such as Europe/Berlin)"
+        ) from exc
 
 
 def parse_schedule(settings: dict[str, Any], timezone: str) -> Schedule:

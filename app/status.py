@@ -3,13 +3,16 @@
 Reads only: stream length, pending entries, the oldest pending entry's idle
 time, consumer-group lag, dead letters, runs by status in the last 24 hours,
 and the schedule lag (now minus the oldest due ``next_run_at``). A missing
-stream or group reads as zero; Redis being down is reported, not raised.
+stream or group reads as zero; Redis being down raises (the CLI says so in one
+line); one plugin's broken stream is reported on that plugin only.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import redis
 from sqlalchemy import func, select
@@ -32,6 +35,8 @@ class PluginStatus:
     runs_24h: dict[str, int] = field(default_factory=dict)
     schedule_lag_seconds: float | None = None
     redis_error: str | None = None
+    #: The consumer could not use this plugin's stream: the error, since when, how many times.
+    stream_error: dict[str, Any] | None = None
 
 
 def _stream_figures(client: redis.Redis, status: PluginStatus) -> None:
@@ -59,6 +64,20 @@ def _stream_figures(client: redis.Redis, status: PluginStatus) -> None:
         status.redis_error = f"Redis unavailable: {exc}"
 
 
+def _stream_errors(client: redis.Redis) -> dict[str, dict[str, Any]]:
+    try:
+        raw = client.hgetall(keys.stream_errors())
+    except redis.ResponseError:
+        return {}
+    out = {}
+    for plugin, value in raw.items():  # type: ignore[union-attr]
+        try:
+            out[str(plugin)] = dict(json.loads(value))
+        except (ValueError, TypeError):
+            out[str(plugin)] = {"error": str(value)[:200]}
+    return out
+
+
 def pipeline_status(*, now: datetime | None = None) -> list[PluginStatus]:
     """One :class:`PluginStatus` per plugin known to the database."""
     now = now or utcnow()
@@ -82,6 +101,8 @@ def pipeline_status(*, now: datetime | None = None) -> list[PluginStatus]:
     for plugin_id, run_status, count in counts:
         by_plugin.setdefault(plugin_id, {})[run_status] = count
     client = get_redis()
+    client.ping()  # Redis down is the caller's error (one line), not one note per plugin
+    broken = _stream_errors(client)
     result = []
     for plugin_id, name, enabled in plugins:
         item = PluginStatus(plugin=name, enabled=enabled, runs_24h=by_plugin.get(plugin_id, {}))
@@ -91,5 +112,6 @@ def pipeline_status(*, now: datetime | None = None) -> list[PluginStatus]:
                 due = due.replace(tzinfo=UTC)
             item.schedule_lag_seconds = max(0.0, (now - due).total_seconds())
         _stream_figures(client, item)
+        item.stream_error = broken.get(name)
         result.append(item)
     return result

@@ -292,9 +292,8 @@ def test_dead_letters_list_and_replay(user, redis_client) -> None:  # type: igno
         now=now,
     )
     with session_scope() as session:
-        run_states.fail_unless_terminal(
-            session, run.run_id, error="dead-lettered: delivered 6 times", now=now
-        )
+        error = run_states.dead_letter_error(Reason.MAX_DELIVERIES, "delivered 6 times")
+        run_states.fail_unless_terminal(session, run.run_id, error=error, now=now)
     (letter,) = api.dead_letters()
     assert letter.plugin == "api-plugin" and letter.run_id == run.run_id and letter.delivery_count == 6
     assert api.dead_letters("api-plugin") == [letter]

@@ -12,6 +12,7 @@ import redis
 from typer.testing import CliRunner
 
 from app.cli import cli
+from app.db import runs
 from app.db.models import RunStatus
 from app.redis_client import get_redis
 from app.streams import dlq, heartbeat, keys
@@ -40,8 +41,8 @@ def _bury(plugin: str, run_id: uuid.UUID | None = None, *, reason: Reason = Reas
         consumer="c1",
         now=NOW,
     )
-    if run_id is not None:
-        set_run(run_id, status=RunStatus.FAILED, error_message="dead-lettered")
+    if run_id is not None:  # what the consumer records on the run when it dead-letters its entry
+        set_run(run_id, status=RunStatus.FAILED, error_message=runs.dead_letter_error(reason, "test"))
     return f"{plugin}/{dead_id}"
 
 

@@ -7,7 +7,9 @@ import typer
 
 def consumer(
     check: bool = typer.Option(
-        False, "--check", help="Exit 0 if a consumer on this host is alive (heartbeat), 1 otherwise."
+        False,
+        "--check",
+        help="Exit 0 if this host's consumer is alive and its loop works (heartbeat), else 1.",
     ),
 ) -> None:
     """Read every plugin's stream in the consumer group and hand runs to the Celery workers."""
@@ -22,16 +24,19 @@ def consumer(
 
 
 def _check() -> None:
-    import redis
-
     from app.streams import heartbeat
 
-    try:
-        name = heartbeat.alive()
-    except redis.RedisError as exc:
-        typer.echo(f"unhealthy: cannot read the heartbeat from Redis: {exc}", err=True)
-        raise typer.Exit(1) from None
-    if name is None:
+    # Redis not answering is reported by the CLI's error boundary (one line, exit 1).
+    found = heartbeat.health()
+    if found is None:
         typer.echo("unhealthy: no consumer heartbeat on this host", err=True)
         raise typer.Exit(1)
-    typer.echo(f"alive: {name}")
+    if not found.healthy:
+        since = found.failing_since.isoformat(timespec="seconds") if found.failing_since else "?"
+        typer.echo(
+            f"unhealthy: consumer {found.consumer} is running but its loop failed {found.failures} "
+            f"iterations in a row (since {since}); see its log",
+            err=True,
+        )
+        raise typer.Exit(1)
+    typer.echo(f"alive: {found.consumer}")

@@ -10,11 +10,12 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 
+from app.commands.boundary import EXIT_INVALID
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Exit code for input the user can fix (invalid settings, bad arguments).
-EXIT_INVALID = 2
+__all__ = ["EXIT_INVALID", "emit_json", "fail", "guarded", "is_tty"]
 
 
 def emit_json(data: Any) -> None:
@@ -23,8 +24,10 @@ def emit_json(data: Any) -> None:
 
 
 def fail(message: str, *, code: int = 1) -> NoReturn:
-    """Print ``message`` on stderr and exit with ``code``."""
-    typer.echo(f"error: {message}", err=True)
+    """Print ``message`` (made printable, cut to a sane length) on stderr and exit with ``code``."""
+    from app.plugins.jsonsafe import clip
+
+    typer.echo(f"error: {clip(message, 1000)}", err=True)
     raise typer.Exit(code)
 
 
@@ -34,27 +37,20 @@ def is_tty() -> bool:
 
 
 def guarded(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn the project's typed errors into one clear line on stderr and an exit code.
+    """Report any error ``func`` raises through the CLI's error boundary (:mod:`app.commands.boundary`).
 
-    Settings errors list every ``path: message`` and exit 2; other known
-    errors exit 1; unknown exceptions propagate (they are bugs).
+    The root group applies the same boundary to every command; this decorator
+    remains for commands invoked on their own (tests, other entry points).
     """
-    from app.errors import ConfigurationError, FirstSipError, SettingsValidationError
+    from app.commands.boundary import PASS_THROUGH, report
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
-        except SettingsValidationError as exc:
-            typer.echo(f"error: invalid settings for plugin {exc.plugin!r}:", err=True)
-            for issue in exc.errors:
-                typer.echo(f"  {issue}", err=True)
-            raise typer.Exit(EXIT_INVALID) from None
-        except ConfigurationError as exc:
-            fail(f"configuration: {exc}", code=EXIT_INVALID)
-        except ValueError as exc:
-            fail(str(exc), code=EXIT_INVALID)
-        except FirstSipError as exc:
-            fail(str(exc))
+        except PASS_THROUGH:
+            raise
+        except Exception as exc:
+            report(exc)
 
     return wrapper

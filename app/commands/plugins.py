@@ -68,16 +68,21 @@ def list_plugins(
 @app.command("sync")
 def sync(plugins_dir: Path | None = PluginsDir) -> None:
     """Upsert the plugins on disk into the database; disable those that are gone."""
+    from app.config import get_settings
     from app.db.engine import session_scope
+    from app.plugins.registry import missing_roots
     from app.plugins.sync import sync_plugins
 
-    registry = _registry(plugins_dir)
+    folder = plugins_dir or get_settings().plugins_dir
+    missing = missing_roots(folder)
+    if missing:
+        # Syncing an empty registry would disable every plugin: a typo must not do that.
+        fail(f"plugins folder not found: {', '.join(missing)}; nothing synced")
+    registry = _registry(folder)
     for problem in registry.problems:
         typer.echo(f"skipped: {problem}", err=True)
-    try:
-        with session_scope() as session:
-            report = sync_plugins(session, registry)
-    except Exception as exc:  # the release step must fail loudly, with the reason
-        fail(f"sync failed: {exc}")
+    # Database errors go to the CLI's error boundary: one line naming the service, no SQL.
+    with session_scope() as session:
+        report = sync_plugins(session, registry)
     for line in report.lines():
         typer.echo(line)

@@ -21,22 +21,48 @@ JsonOption = typer.Option(False, "--json", help="Machine-readable output.")
 def configure(
     user: str = typer.Argument(..., help="User id or email."),
     plugin: str = typer.Argument(...),
-    set_: list[str] = SetOption,
-    file: Path | None = FileOption,
-    enable: bool = typer.Option(True, "--enable/--disable"),
+    set_: list[str] = typer.Option(
+        None, "--set", "-s", help="key=value merged into the stored settings (JSON if it parses); repeatable."
+    ),
+    unset: list[str] = typer.Option(
+        None, "--unset", help="Remove KEY from the stored settings (back to its default); repeatable."
+    ),
+    file: Path | None = typer.Option(
+        None, "--file", "-f", help="A JSON object of settings, merged like --set (applied before --set)."
+    ),
+    replace: bool = typer.Option(
+        False, "--replace", help="Store exactly --file/--set (every other key back to its default)."
+    ),
+    enable: bool | None = typer.Option(
+        None, "--enable/--disable", help="Turn the plugin on or off for this user; absent: unchanged."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Validate and save a user's settings for a plugin (errors: one line per path, exit 2)."""
+    """Change a user's settings for a plugin: merged, validated, then saved (errors: one line per path).
+
+    Nothing you do not name changes: --set and --file merge into what is stored,
+    --unset removes keys, --enable/--disable touch only the flag, and --replace
+    is the only way to drop every key at once. A first configuration is enabled.
+    """
     from app import api
 
     settings = parse_settings(set_, file)
-    info = api.configure_plugin(api.find_user(user).id, plugin, settings, enabled=enable)
+    info = api.configure_plugin(
+        api.find_user(user).id,
+        plugin,
+        settings,
+        enabled=enable,
+        unset=[key.strip() for key in unset or []],
+        replace=replace,
+    )
     if as_json:
         emit_json(info.__dict__)
         return
     state = "enabled" if info.enabled else "disabled"
     when = info.next_run_at.isoformat() if info.next_run_at else "not scheduled"
     typer.echo(f"{info.plugin} for user {info.user_id}: {state}; next run {when}")
+    if info.disabled_reason:
+        typer.echo(f"  disabled because: {info.disabled_reason}", err=True)
 
 
 def _print_output(info: object) -> None:
@@ -92,8 +118,12 @@ def run(
     as_json: bool = JsonOption,
 ) -> None:
     """Trigger a run now (through the stream, like a scheduled one)."""
+    import math
+
     from app import api
 
+    if wait and not (math.isfinite(timeout) and timeout >= 0):
+        raise ValueError("--timeout must be a finite number of seconds, 0 or more")
     overrides = parse_settings(set_, file)
     info = api.trigger_run(api.find_user(user).id, plugin, overrides or None, idempotency_key=key)
     if not wait:

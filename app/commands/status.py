@@ -42,5 +42,12 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         )
         if r.redis_error:
             typer.echo(f"  redis: {r.redis_error}", err=True)
+        if r.stream_error:
+            e = r.stream_error
+            typer.echo(
+                f"  stream unusable since {e.get('since', '?')} ({e.get('count', '?')} errors): "
+                f"{e.get('error', '')}; its runs wait, other plugins are not affected",
+                err=True,
+            )
     if not rows:
         typer.echo("no plugins in the database (run 'first-sip plugins sync')", err=True)

@@ -196,6 +196,11 @@ class PluginRun(TimestampMixin, Base):
     output: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: ``attempts`` when the run was last replayed: its retry budget counts ``attempts - attempts_base``
+    #: (``attempts`` is the claim fence and only ever grows, so a replay cannot reset it).
+    attempts_base: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: One record per dead-letter replay: when, the status and error it replaced, the attempts so far.
+    replays: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType, nullable=True)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: Id of the stream entry that last named this run.

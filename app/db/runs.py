@@ -12,7 +12,8 @@ run twice and concurrent actors never both win:
 * :func:`cancel` — any non-terminal run -> cancelled; a running worker sees it
   at its next heartbeat.
 * :func:`mark_queued` / :func:`fail_unless_terminal` — producer and dead letters.
-* :func:`reset_for_replay` — a dead-lettered (or stuck) run -> pending, for a fresh attempt.
+* :func:`reset_for_replay` — a dead-lettered (or stuck) run -> pending, for a fresh attempt,
+  with a fresh retry budget and the replaced status and error kept in ``replays``.
 
 Functions take a session and never commit: the caller owns the transaction.
 """
@@ -49,6 +50,8 @@ class ClaimedRun:
     user_id: int
     input: dict[str, Any]
     lease_expires_at: datetime
+    #: ``attempts`` at the last replay: this run's retry budget counts ``attempt - base``.
+    base: int = 0
 
 
 def _as_uuid(run_id: uuid.UUID | str) -> uuid.UUID:
@@ -89,11 +92,12 @@ def claim(
             PluginRun.input,
             # The plugin's name in the same round trip: the claim is on every run's hot path.
             select(PluginRow.name).where(PluginRow.id == PluginRun.plugin_id).scalar_subquery(),
+            PluginRun.attempts_base,
         )
     ).one_or_none()
     if row is None:
         return None
-    return ClaimedRun(rid, row[0], str(row[3]), row[1], dict(row[2] or {}), lease)
+    return ClaimedRun(rid, row[0], str(row[3]), row[1], dict(row[2] or {}), lease, int(row[4] or 0))
 
 
 def _fenced(run_id: uuid.UUID | str, attempt: int) -> Any:
@@ -236,6 +240,16 @@ class RunState:
     next_attempt_at: datetime | None
     #: The entry id the run was last published with (None while the outbox owns it).
     stream_id: str | None = None
+    #: Claims so far, and claims before the last replay (the retry budget is the difference).
+    attempts: int = 0
+    attempts_base: int = 0
+    error_message: str | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def tries(self) -> int:
+        """Claims since the run was created or last replayed."""
+        return self.attempts - self.attempts_base
 
     def lease_alive(self, now: datetime) -> bool:
         """True if a worker holds the run and its lease has not expired."""
@@ -263,32 +277,87 @@ def states(session: Session, run_ids: Iterable[uuid.UUID | str]) -> dict[uuid.UU
             PluginRun.lease_expires_at,
             PluginRun.next_attempt_at,
             PluginRun.stream_id,
+            PluginRun.attempts,
+            PluginRun.attempts_base,
+            PluginRun.error_message,
+            PluginRun.updated_at,
         ).where(PluginRun.run_id.in_(ids))
     )
     return {
-        r.run_id: RunState(r.run_id, RunStatus(r.status), r.lease_expires_at, r.next_attempt_at, r.stream_id)
+        r.run_id: RunState(
+            r.run_id,
+            RunStatus(r.status),
+            r.lease_expires_at,
+            r.next_attempt_at,
+            r.stream_id,
+            r.attempts,
+            r.attempts_base,
+            r.error_message,
+            r.updated_at,
+        )
         for r in rows
     }
 
 
-def reset_for_replay(session: Session, run_id: uuid.UUID | str, *, now: datetime) -> bool:
-    """Put a failed, waiting or abandoned run back to ``pending`` for a fresh attempt.
+def dead_letter_error(reason: str, detail: str) -> str:
+    """The ``error_message`` a run gets when its stream entry is dead-lettered."""
+    return f"dead-lettered ({reason}): {detail}"
 
-    Replayable: ``failed``, ``pending``, ``queued``, and ``processing`` whose lease
-    has expired. Never ``completed``/``cancelled`` or a run a live worker holds.
-    ``attempts`` is kept: it is the fence, and it only ever grows. False if the
-    run is missing or not replayable.
+
+def reset_for_replay(
+    session: Session,
+    run_id: uuid.UUID | str,
+    *,
+    now: datetime,
+    dead_letter_error: str | None = None,
+    include_failed: bool = False,
+) -> str | None:
+    """Put a run back to ``pending`` for a fresh attempt; None if done, else why not.
+
+    Replayed: ``pending``, ``queued``, ``processing`` whose lease has expired, and
+    ``failed`` when it failed *because of this dead letter* (its error is
+    ``dead_letter_error``) or ``include_failed`` says so on purpose. Never
+    ``completed``/``cancelled``, a run a live worker holds, or a run that failed
+    for another reason unless asked: a replay never rewrites another outcome.
+
+    The run gets a fresh retry budget (``attempts_base = attempts``: ``attempts``
+    itself is the fence and only grows) and the status, error and attempt count
+    it had are appended to ``replays``, so the earlier error is never lost.
     """
-    replayable = or_(
-        PluginRun.status.in_([RunStatus.FAILED, *_WAITING]),
-        and_(
-            PluginRun.status == RunStatus.PROCESSING,
-            or_(PluginRun.lease_expires_at.is_(None), PluginRun.lease_expires_at < now),
-        ),
-    )
+    rid = _as_uuid(run_id)
+    row = session.execute(
+        select(
+            PluginRun.status,
+            PluginRun.attempts,
+            PluginRun.error_message,
+            PluginRun.lease_expires_at,
+            PluginRun.replays,
+        )
+        .where(PluginRun.run_id == rid)
+        .with_for_update()
+    ).one_or_none()
+    if row is None:
+        return "run not found"
+    status = RunStatus(row.status)
+    if status in (RunStatus.COMPLETED, RunStatus.CANCELLED):
+        return f"run is {status.value}"
+    if status == RunStatus.PROCESSING and row.lease_expires_at is not None and row.lease_expires_at >= now:
+        return "run is processing under a live lease"
+    if status == RunStatus.FAILED and not include_failed and row.error_message != dead_letter_error:
+        return "run failed for another reason than this dead letter (replay it on purpose with --failed)"
+    history = [
+        *(row.replays or []),
+        {
+            "at": now.isoformat(),
+            "status": status.value,
+            "error": row.error_message,
+            "attempts": row.attempts,
+        },
+    ]
     result = session.execute(
         update(_RUNS)
-        .where(PluginRun.run_id == _as_uuid(run_id), replayable)
+        # Compare-and-set on what was read: a concurrent transition wins, this replay does nothing.
+        .where(PluginRun.run_id == rid, PluginRun.status == status, PluginRun.attempts == row.attempts)
         .values(
             status=RunStatus.PENDING,
             error_message=None,
@@ -296,7 +365,9 @@ def reset_for_replay(session: Session, run_id: uuid.UUID | str, *, now: datetime
             lease_expires_at=None,
             next_attempt_at=None,
             stream_id=None,
+            attempts_base=row.attempts,
+            replays=history,
             updated_at=now,
         )
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return None if result.rowcount else "run changed while replaying; try again"  # type: ignore[attr-defined]

@@ -17,9 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from app.errors import PermanentError
+from app.plugins import yamlsafe
 from app.plugins.paths import PathEscapeError, resolve_inside
 
 if TYPE_CHECKING:
@@ -46,11 +45,11 @@ def load_mapping(
     inside = path.relative_to(root) if path.is_relative_to(root) else Path(relative)
     where = f"{plugin_folder.name}/{inside}"
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yamlsafe.load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise PermanentError(f"{where}: cannot read: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise PermanentError(f"{where}: malformed YAML: {getattr(exc, 'problem', None) or exc}") from exc
+    except yamlsafe.YamlError as exc:
+        raise PermanentError(f"{where}: malformed YAML: {exc}") from exc
     if not isinstance(data, dict) or not data:
         raise PermanentError(f"{where}: must be a non-empty mapping of names to definitions")
     for name, body in data.items():

@@ -34,10 +34,17 @@ class LeaseState(Enum):
 class Lease:
     """A renewable lease on ``run_id`` for attempt ``attempt``."""
 
-    def __init__(self, run_id: uuid.UUID, *, attempt: int, lease_seconds: int) -> None:
+    def __init__(self, run_id: uuid.UUID, *, attempt: int, lease_seconds: int, base: int = 0) -> None:
         self.run_id = run_id
         self.attempt = attempt
         self.lease_seconds = lease_seconds
+        #: Attempts before the run's last replay: this attempt is try ``attempt - base`` of its budget.
+        self.base = base
+
+    @property
+    def tries(self) -> int:
+        """This attempt's number within the run's current retry budget (1-based)."""
+        return self.attempt - self.base
 
     @property
     def interval(self) -> float:

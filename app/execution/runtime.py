@@ -5,6 +5,13 @@ Guarantees:
 * :func:`configure_environment` sets CrewAI's telemetry, tracing and version
   check off (``setdefault``: an operator who sets them explicitly wins) and
   never imports CrewAI; it runs before any import of CrewAI.
+* A worker's configuration comes only from its environment: importing CrewAI
+  calls python-dotenv's ``load_dotenv()``, which would silently fill in
+  variables from a stray ``.env`` (found from the current directory or from the
+  folders above CrewAI's own files). :func:`configure_environment` sets
+  ``PYTHON_DOTENV_DISABLED=1`` (always: not overridable), so no ``.env`` is
+  ever read in a worker. Use the environment (or your process manager's env
+  file) instead.
 * :func:`prepare` imports CrewAI once per process (thread-safe, idempotent) and
   removes two pieces of process-wide machinery that are wrong for a shared
   worker (see :func:`_patch_crewai`).
@@ -39,9 +46,11 @@ _pool_child = False
 
 
 def configure_environment() -> None:
-    """Turn CrewAI telemetry, tracing and the PyPI version check off unless already configured."""
+    """Turn CrewAI telemetry, tracing and the version check off unless configured; never read ``.env``."""
     for key, value in CREWAI_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    # Forced, not a default: a .env next to the worker must never become its configuration.
+    os.environ["PYTHON_DOTENV_DISABLED"] = "1"
 
 
 def prepare() -> None:

@@ -139,7 +139,9 @@ def _unclaimed(rid: uuid.UUID) -> Finish:
 
 
 def _run(claimed: runs.ClaimedRun, settings: Settings) -> Finish:
-    lease = Lease(claimed.run_id, attempt=claimed.attempt, lease_seconds=settings.lease_seconds)
+    lease = Lease(
+        claimed.run_id, attempt=claimed.attempt, lease_seconds=settings.lease_seconds, base=claimed.base
+    )
     try:
         plugin = find_plugin(claimed.plugin, settings.plugins_dir)
         crew_folder = entry_point_file(plugin)[0].parent
@@ -201,12 +203,14 @@ def _failure(lease: Lease, exc: BaseException, settings: Settings) -> Finish:
     if not is_transient(exc):
         log.warning("run failed with a permanent error", exc_info=exc)
         return _fail(lease, message)
-    if lease.attempt >= settings.max_attempts:
-        return _fail(lease, f"{message} (gave up after {lease.attempt} attempts)")
-    delay = backoff_seconds(lease.attempt, base=settings.retry_base_seconds, cap=settings.retry_max_seconds)
+    # The budget counts tries since the last replay: a replayed run starts again at 1.
+    tries = max(lease.tries, 1)
+    if tries >= settings.max_attempts:
+        return _fail(lease, f"{message} (gave up after {tries} attempts)")
+    delay = backoff_seconds(tries, base=settings.retry_base_seconds, cap=settings.retry_max_seconds)
     now = utcnow()
     at = now + timedelta(seconds=delay)
-    note = f"attempt {lease.attempt}/{settings.max_attempts} failed, retry after {at.isoformat()}: {message}"
+    note = f"attempt {tries}/{settings.max_attempts} failed, retry after {at.isoformat()}: {message}"
     with session_scope() as session:
         ok = runs.retry_later(session, lease.run_id, attempt=lease.attempt, error=note, at=at, now=now)
     if not ok:

@@ -4,7 +4,11 @@ Guarantees: :func:`load_manifest` either returns a fully valid
 :class:`PluginManifest` or raises :class:`PluginError` listing every problem,
 each naming the file, the key and (where YAML knows it) the line. Unknown keys
 are errors, types are not coerced, and the plugin name is a safe token because
-it becomes part of Redis keys.
+it becomes part of Redis keys. The YAML is read strictly
+(:mod:`app.plugins.yamlsafe`): duplicate keys, aliases, non-core tags are
+errors, and YAML 1.1 readings (``1:00`` as 60, ``yes`` as true, ``0777`` as
+octal) do not happen: such values stay strings, so a key that wants a number
+reports a type error.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.errors import PluginError, Problem
+from app.plugins import yamlsafe
 from app.plugins.names import PLUGIN_NAME_RE
 
 MANIFEST_FILE = "plugin.yaml"
@@ -41,9 +46,10 @@ class PluginManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     name: str = Field(min_length=1)
-    description: str = Field(min_length=1)
-    owner: str = Field(min_length=1)
-    version: str
+    # Lengths are the database columns' (app/db/models.py): what validate accepts, sync can store.
+    description: str = Field(min_length=1, max_length=10_000)
+    owner: str = Field(min_length=1, max_length=200)
+    version: str = Field(max_length=100)
     schema_version: str = "v1"
     capabilities: list[Capability] = Field(default_factory=list)
     default_config: dict[str, Any] = Field(default_factory=dict)
@@ -126,12 +132,9 @@ def parse_manifest(text: str, *, file: str) -> PluginManifest:
     Raises :class:`PluginError` with every problem found.
     """
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise PluginError([Problem(file, "", f"malformed YAML: {reason}", line)]) from exc
+        data = yamlsafe.load(text)
+    except yamlsafe.YamlError as exc:
+        raise PluginError([Problem(file, exc.key, f"malformed YAML: {exc.message}", exc.line)]) from exc
     if not isinstance(data, dict):
         kind = "empty" if data is None else type(data).__name__
         raise PluginError([Problem(file, "", f"must be a YAML mapping, got {kind}")])

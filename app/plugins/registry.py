@@ -12,19 +12,26 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import referencing.exceptions
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from referencing.jsonschema import DRAFT202012
 
 from app.errors import PluginError, Problem
+from app.plugins import jsonsafe
 from app.plugins.manifest import MANIFEST_FILE, PluginManifest, load_manifest
 from app.plugins.paths import PathEscapeError, resolve_inside
 from app.plugins.settings import (
+    LOCAL_REGISTRY,
     SettingsSpec,
     compile_validator,
+    ecma_pattern,
     effective_settings,
     fingerprint,
     validation_issues,
@@ -85,11 +92,16 @@ def _load_schema(folder: Path, manifest: PluginManifest, manifest_file: str) -> 
     if not path.is_file():
         raise PluginError([Problem(schema_file, "", "is not a regular file")])
     try:
-        schema = json.loads(path.read_text(encoding="utf-8"))
+        schema = jsonsafe.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise PluginError([Problem(schema_file, "", f"cannot read: {exc}")]) from exc
     except json.JSONDecodeError as exc:
         raise PluginError([Problem(schema_file, "", f"malformed JSON: {exc.msg}", exc.lineno)]) from exc
+    except ValueError as exc:  # NaN, Infinity, too deep
+        raise PluginError([Problem(schema_file, "", f"malformed JSON: {exc}")]) from exc
+    stored = jsonsafe.storage_problems(schema)
+    if stored:
+        raise PluginError([Problem(schema_file, where or "/", message) for where, message in stored])
     problems = _schema_problems(schema, schema_file)
     if problems:
         raise PluginError(problems)
@@ -100,16 +112,73 @@ def _schema_problems(schema: Any, schema_file: str) -> list[Problem]:
     if not isinstance(schema, dict):
         return [Problem(schema_file, "", "a settings schema must be a JSON object")]
     declared = schema.get("$schema")
-    if declared is not None and declared.rstrip("#") != DRAFT_2020_12:
-        return [Problem(schema_file, "$schema", f"must be {DRAFT_2020_12}, got {declared!r}")]
+    if declared is not None and (not isinstance(declared, str) or declared.rstrip("#") != DRAFT_2020_12):
+        got = jsonsafe.clip(repr(declared), 100)
+        return [Problem(schema_file, "$schema", f"must be the string {DRAFT_2020_12}, got {got}")]
     try:
-        Draft202012Validator.check_schema(schema)
+        Draft202012Validator.check_schema(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
     except SchemaError as exc:
-        pointer = "/" + "/".join(str(p) for p in exc.absolute_path)
-        return [Problem(schema_file, pointer, f"invalid JSON Schema: {exc.message}")]
+        where = jsonsafe.pointer(exc.absolute_path) or "/"
+        return [Problem(schema_file, where, f"invalid JSON Schema: {jsonsafe.clip(exc.message)}")]
+    except RecursionError:
+        return [Problem(schema_file, "", "nested too deeply to check")]
     if schema.get("type") != "object":
         return [Problem(schema_file, "type", 'settings schema must have "type": "object"')]
-    return []
+    return list(_keyword_problems(schema, schema_file))
+
+
+# Keywords whose values are data, not subschemas: never read as $ref/format/pattern.
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
+_SCHEMA_URI = "urn:first-sip:settings-schema"
+
+
+def _keyword_problems(schema: dict[str, Any], schema_file: str) -> Iterator[Problem]:
+    """What the metaschema allows but this framework cannot honour: remote refs, unknown formats."""
+    formats = Draft202012Validator.FORMAT_CHECKER.checkers
+    root = LOCAL_REGISTRY.with_resource(_SCHEMA_URI, DRAFT202012.create_resource(schema))
+    stack: list[tuple[Any, tuple[Any, ...], Any]] = [(schema, (), root.resolver(base_uri=_SCHEMA_URI))]
+    while stack:
+        node, path, resolver = stack.pop()
+        if isinstance(node, list):
+            stack.extend((child, (*path, i), resolver) for i, child in enumerate(node))
+            continue
+        if not isinstance(node, dict):
+            continue
+        where = jsonsafe.pointer(path)
+        if isinstance(node.get("$id"), str) and path:
+            resolver = resolver.in_subresource(DRAFT202012.create_resource(node))
+        for keyword in ("$ref", "$dynamicRef"):
+            ref = node.get(keyword)
+            if not isinstance(ref, str):
+                continue
+            try:
+                resolver.lookup(ref)
+            except referencing.exceptions.Unresolvable:
+                yield Problem(
+                    schema_file,
+                    f"{where}/{keyword}",
+                    f"cannot resolve {jsonsafe.clip(repr(ref), 200)}: references must point inside the "
+                    "schema (remote schemas are never downloaded)",
+                )
+        fmt = node.get("format")
+        if isinstance(fmt, str) and fmt not in formats:
+            yield Problem(
+                schema_file,
+                f"{where}/format",
+                f"unknown format {jsonsafe.clip(repr(fmt), 60)}: it would not be checked "
+                f"(known: {', '.join(sorted(formats))})",
+            )
+        patterns = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+        if isinstance(node.get("patternProperties"), dict):
+            patterns += list(node["patternProperties"])
+        for pattern in patterns:
+            try:
+                re.compile(ecma_pattern(pattern))
+            except re.error as exc:
+                yield Problem(schema_file, f"{where}/pattern", f"invalid regular expression: {exc}")
+        for key, child in node.items():
+            if key not in _DATA_KEYWORDS:
+                stack.append((child, (*path, key), resolver))
 
 
 def load_plugin(folder: Path) -> Plugin:
@@ -129,6 +198,11 @@ def load_plugin(folder: Path) -> Plugin:
             raise PluginError(
                 [Problem(manifest_file, key, f"{ref.split(':', 1)[0]} is not a file in the plugin folder")]
             )
+    stored = jsonsafe.storage_problems(manifest.default_config)
+    if stored:
+        raise PluginError(
+            [Problem(manifest_file, "default_config" + where.replace("/", "."), m) for where, m in stored]
+        )
     plugin = Plugin(
         manifest,
         folder,
@@ -152,6 +226,11 @@ def load_plugin(folder: Path) -> Plugin:
 def _plugin_dirs(plugins_dir: Path | str) -> list[Path]:
     # PLUGINS_DIR may list several folders, like PATH; a name may appear in only one.
     return [Path(p) for p in str(plugins_dir).split(os.pathsep) if p]
+
+
+def missing_roots(plugins_dir: Path | str) -> list[str]:
+    """The folders of ``plugins_dir`` that are not folders: a sync must not read them as "no plugins"."""
+    return [str(root) for root in _plugin_dirs(plugins_dir) if not root.is_dir()]
 
 
 def discover(plugins_dir: Path | str) -> Registry:
@@ -179,6 +258,11 @@ def discover(plugins_dir: Path | str) -> Registry:
                 plugin = load_plugin(folder)
             except PluginError as exc:
                 registry.problems.extend(exc.problems)
+                continue
+            except Exception as exc:  # a plugin must never stop discovery of the others
+                log.exception("unexpected error loading %s", folder)
+                message = f"could not be loaded: {type(exc).__name__}: {jsonsafe.clip(str(exc), 200)}"
+                registry.problems.append(Problem(str(manifest_path), "", message))
                 continue
             found.setdefault(plugin.name, []).append(plugin)
     for name, candidates in found.items():

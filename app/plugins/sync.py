@@ -6,19 +6,30 @@ is gone (or no longer loads) is disabled with the reason, never deleted, so its
 runs keep their history. A plugin that comes back is enabled again. Configs
 saved under an older settings schema are revalidated, migrated or disabled
 (:mod:`app.plugins.evolution`).
+
+One plugin never breaks the others: each plugin is written inside its own
+savepoint, and a plugin whose row cannot be written is rolled back alone and
+reported in :attr:`SyncReport.failed` (with the reason, never the statement),
+while every other plugin syncs.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.db.models import PluginRow
 from app.plugins.evolution import EvolutionReport, reconcile_configs
+from app.plugins.jsonsafe import clip
 from app.plugins.registry import Plugin, Registry
+from app.streams.errors import DB_ERRORS
+
+log = logging.getLogger(__name__)
 
 GONE_REASON = "plugin folder missing or invalid at last sync"
 
@@ -32,6 +43,8 @@ class SyncReport:
     enabled: list[str] = field(default_factory=list)
     disabled: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    #: ``name: reason`` for each plugin that could not be written (the others were).
+    failed: list[str] = field(default_factory=list)
     configs: EvolutionReport = field(default_factory=EvolutionReport)
 
     @property
@@ -59,6 +72,7 @@ class SyncReport:
             ("config revalidated", self.configs.revalidated),
             ("config migrated", self.configs.migrated),
             ("config disabled", self.configs.disabled),
+            ("failed", self.failed),
         ):
             out.extend(f"{label}: {name}" for name in names)
         return out or ["no changes"]
@@ -84,27 +98,44 @@ def sync_plugins(session: Session, registry: Registry) -> SyncReport:
     report = SyncReport()
     rows = {row.name: row for row in session.scalars(select(PluginRow))}
     for name, plugin in sorted(registry.plugins.items()):
-        values = _row_values(plugin)
-        row = rows.get(name)
-        if row is None:
-            session.add(PluginRow(name=name, enabled=True, **values))
-            report.inserted.append(name)
-            continue
-        changed = {k: v for k, v in values.items() if getattr(row, k) != v}
-        for key, value in changed.items():
-            setattr(row, key, value)
-        if not row.enabled and row.disabled_reason == GONE_REASON:
-            # Only re-enable what sync itself disabled; an operator's disable stands.
-            row.enabled, row.disabled_reason = True, None
-            report.enabled.append(name)
-        elif changed:
-            report.updated.append(name)
-        else:
-            report.unchanged.append(name)
-        reconcile_configs(session, row, plugin, report.configs)
+        try:
+            with session.begin_nested():
+                _sync_one(session, plugin, rows.get(name), report)
+        except DB_ERRORS:
+            raise  # the database is gone: nothing else can sync either
+        except (SQLAlchemyError, ValueError, TypeError, RecursionError) as exc:
+            # The savepoint rolled back this plugin alone; its row (if any) keeps its old values.
+            log.warning("plugin %s not synced: %s", name, type(exc).__name__, exc_info=True)
+            reason = getattr(exc, "orig", None) or exc
+            report.failed.append(
+                f"{name} ({plugin.folder}): {type(reason).__name__}: {clip(str(reason), 200)}"
+            )
+            rows.pop(name, None)
     for name, row in sorted(rows.items()):
         if name not in registry.plugins and row.enabled:
             row.enabled, row.disabled_reason = False, GONE_REASON
             report.disabled.append(name)
     session.flush()
     return report
+
+
+def _sync_one(session: Session, plugin: Plugin, row: PluginRow | None, report: SyncReport) -> None:
+    name, values = plugin.name, _row_values(plugin)
+    if row is None:
+        session.add(PluginRow(name=name, enabled=True, **values))
+        session.flush()
+        report.inserted.append(name)
+        return
+    changed = {k: v for k, v in values.items() if getattr(row, k) != v}
+    for key, value in changed.items():
+        setattr(row, key, value)
+    if not row.enabled and row.disabled_reason == GONE_REASON:
+        # Only re-enable what sync itself disabled; an operator's disable stands.
+        row.enabled, row.disabled_reason = True, None
+        report.enabled.append(name)
+    elif changed:
+        report.updated.append(name)
+    else:
+        report.unchanged.append(name)
+    reconcile_configs(session, row, plugin, report.configs)
+    session.flush()

@@ -23,6 +23,12 @@ Redis or database failure leaves entries pending, never lost. New entries are
 dispatched without a database read: Redis alone carries the hot path and the
 worker's claim is authoritative; the row is consulted when an entry comes back.
 
+One plugin's broken stream is that plugin's problem: a Redis error on one
+plugin's key (say it was overwritten with ``SET``: WRONGTYPE) takes that plugin
+out of the reads, logs it, records it for ``first-sip status`` (hash
+:func:`app.streams.keys.stream_errors`) and is retried at every plugin refresh;
+the other plugins keep flowing and the iteration does not fail.
+
 Redis Cluster: every command names one key, or keys sharing one plugin's hash
 tag (stream + dead letters). Each stream is read with its own XREADGROUP; the
 per-stream reads are pipelined (redis-py's cluster pipeline splits them per
@@ -35,12 +41,13 @@ it went to; a missed ring costs at most ``stream_block_ms``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
 import socket
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -54,6 +61,7 @@ from app.redis_client import get_redis
 from app.streams import keys
 from app.streams.dispatch import Dispatch, Dispatcher
 from app.streams.dlq import move_to_dead_letters
+from app.streams.dlq import reconcile as reconcile_dead_letters
 from app.streams.envelope import Envelope, Reason, parse_entry
 from app.streams.errors import DB_ERRORS
 from app.streams.groups import ensure_group, missing_group, remove_idle_consumers
@@ -108,9 +116,12 @@ class StreamConsumer:
             settings=self.settings,
             on_dispatch=self._dispatch,
             on_dead_letter=self._dead_letter,
+            on_stream_error=self._stream_broken,
         )
         self._next: dict[str, datetime] = {}  # phase -> when it is next due
         self._db_down_since: datetime | None = None
+        #: plugin -> (first error line, since, count) for streams this consumer cannot use.
+        self.broken: dict[str, tuple[str, datetime, int]] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -119,6 +130,11 @@ class StreamConsumer:
         self._refresh_plugins()
         self._settler.start(self.plugins)
         self._next = {"refresh": now, "reclaim": now, "housekeeping": now, "db_retry": now}
+        # Runs a killed consumer dead-lettered but never failed: fail them now, before the
+        # outbox sweep could publish them again.
+        reconciled = reconcile_dead_letters(self.plugins, now=now, client=self.client)
+        if reconciled:
+            log.warning("failed %d run(s) whose entries were dead-lettered by a stopped consumer", reconciled)
         log.info("consumer %s joined group %r on %d stream(s)", self.name, keys.GROUP, len(self.plugins))
 
     def loop_once(self, now: datetime, *, block: bool = True) -> LoopStats:
@@ -183,9 +199,16 @@ class StreamConsumer:
             rows = session.execute(select(PluginRow.name, PluginRow.enabled).order_by(PluginRow.name)).all()
         plugins = []
         for name, enabled in rows:
-            # Disabled plugins keep being drained while their stream exists.
-            ensure_group(self.client, name, create_stream=enabled)
-            if enabled or self.client.exists(keys.stream(name)):
+            try:
+                # Disabled plugins keep being drained while their stream exists.
+                ensure_group(self.client, name, create_stream=enabled)
+                readable = enabled or self.client.exists(keys.stream(name))
+            except redis.ResponseError as exc:
+                self._stream_broken(name, exc)
+                continue
+            if name in self.broken:
+                self._stream_fixed(name)
+            if readable:
                 plugins.append(name)
         added, gone = set(plugins) - set(self.plugins), set(self.plugins) - set(plugins)
         if self.plugins and (added or gone):
@@ -194,13 +217,50 @@ class StreamConsumer:
 
     def _housekeeping(self, now: datetime) -> None:
         idle_ms = self.settings.consumer_idle_removal_seconds * 1000
-        for plugin in self.plugins:
-            trim_stream(
-                plugin, now=now, retention_seconds=self.settings.stream_retention_seconds, client=self.client
-            )
-            removed = remove_idle_consumers(self.client, plugin, idle_ms=idle_ms, keep=self.name)
+        for plugin in list(self.plugins):
+            try:
+                trim_stream(
+                    plugin,
+                    now=now,
+                    retention_seconds=self.settings.stream_retention_seconds,
+                    client=self.client,
+                )
+                removed = remove_idle_consumers(self.client, plugin, idle_ms=idle_ms, keep=self.name)
+            except redis.ResponseError as exc:
+                self._stream_broken(plugin, exc)
+                continue
             if removed:
                 log.info("removed idle consumers with nothing pending from %s: %s", plugin, removed)
+
+    def _stream_broken(self, plugin: str, exc: Exception) -> None:
+        """Take ``plugin``'s stream out of the reads until a refresh finds it usable again."""
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        known = self.broken.get(plugin)
+        since, count = (known[1], known[2] + 1) if known else (datetime.now(UTC), 1)
+        self.broken[plugin] = (message, since, count)
+        if plugin in self.plugins:
+            self.plugins.remove(plugin)
+        self._settler.history.pop(plugin, None)
+        if known is None or known[0] != message:
+            log.error(
+                "stream of plugin %s is unusable (%s): its runs wait, the other plugins go on; retried "
+                "every %.0fs. Check the key %s (was it overwritten?)",
+                plugin,
+                message,
+                self.settings.plugin_refresh_seconds,
+                keys.stream(plugin),
+                extra={"plugin": plugin},
+            )
+        record = {"error": message[:500], "since": since.isoformat(), "count": count, "consumer": self.name}
+        try:
+            self.client.hset(keys.stream_errors(), plugin, json.dumps(record))
+        except redis.RedisError:
+            log.debug("could not record the stream error of %s", plugin, exc_info=True)
+
+    def _stream_fixed(self, plugin: str) -> None:
+        message, since, _count = self.broken.pop(plugin)
+        log.info("stream of plugin %s usable again (was: %s since %s)", plugin, message, since.isoformat())
+        self.client.hdel(keys.stream_errors(), plugin)
 
     # ---- new entries -------------------------------------------------------------------------
 
@@ -219,6 +279,9 @@ class StreamConsumer:
                 # Someone deleted the stream or the group: recreate it and read it next time.
                 log.warning("group missing on %s's stream; recreating it", plugin)
                 ensure_group(self.client, plugin)
+                continue
+            if isinstance(reply, redis.ResponseError):
+                self._stream_broken(plugin, reply)
                 continue
             if isinstance(reply, Exception):
                 raise reply
@@ -284,7 +347,7 @@ class StreamConsumer:
             # but only if the row still names this entry (max_deliveries: it does by definition).
             guard = None if decision.reason == Reason.MAX_DELIVERIES else entry.id
             self._fails.append(
-                _Fail(decision.run_id, guard, f"dead-lettered ({decision.reason}): {decision.detail}")
+                _Fail(decision.run_id, guard, runs.dead_letter_error(decision.reason, decision.detail[:1000]))
             )
 
     def _flush_fails(self, now: datetime) -> None:

@@ -11,10 +11,16 @@ Guarantees:
 * :func:`move_to_dead_letters` adds the dead letter and XACKs the original in
   one MULTI, so an entry is never both pending and dead, nor neither. Both keys
   share the plugin's hash tag, so the MULTI is valid on Redis Cluster.
-* :func:`replay` gives the run a fresh attempt (``pending`` again, then a new
-  entry; the row decides, see :func:`app.db.runs.reset_for_replay`) and only
-  then deletes the dead letter; a dead letter whose run is missing or
-  completed/cancelled is left in place and reported.
+* :func:`replay` gives the run a fresh attempt (``pending`` again with a fresh
+  retry budget, then a new entry; the row decides, see
+  :func:`app.db.runs.reset_for_replay`) and only then deletes the dead letter.
+  A replay never rewrites history: a run that is missing, completed, cancelled,
+  running, or failed for another reason than this dead letter is left exactly
+  as it is and its dead letter kept and reported (``include_failed`` replays a
+  failed run on purpose); the status and error a replay replaces are kept in
+  the run's ``replays``.
+* :func:`reconcile` (consumer start) fails the runs of dead letters that a
+  killed consumer left non-terminal, so the outbox never republishes them.
 * :func:`purge` removes dead letters older than a cutoff, exactly (not ``~``).
 
 Dead-letter references are ``<plugin>/<entry id>``: entry ids are unique per
@@ -23,6 +29,7 @@ stream only. A bare id is accepted when exactly one plugin has it.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +42,8 @@ from sqlalchemy import select
 from app.db import runs
 from app.db.engine import session_scope
 from app.db.models import PluginRow
+from app.plugins.jsonsafe import clip
+from app.plugins.names import PLUGIN_NAME_RE
 from app.redis_client import get_redis
 from app.streams import keys
 from app.streams.envelope import Reason, parse_entry
@@ -164,10 +173,22 @@ def list_dead_letters(
     return out
 
 
+def _valid_ref(plugin: str, dead_id: str) -> bool:
+    match = re.fullmatch(r"([0-9]{1,20})-([0-9]{1,20})", dead_id)
+    if match is None or any(int(part) >= 2**64 for part in match.groups()):
+        return False
+    return not plugin or PLUGIN_NAME_RE.fullmatch(plugin) is not None
+
+
 def get_dead_letter(ref: str, *, client: redis.Redis | None = None) -> DeadLetter:
     """The dead letter ``<plugin>/<id>`` (or a bare id unique across plugins)."""
     client = client or get_redis(decode_responses=False)
     plugin, _, dead_id = ref.rpartition("/")
+    if not _valid_ref(plugin, dead_id):
+        raise DeadLetterNotFoundError(
+            f"no dead letter {clip(repr(ref), 80)}: a reference is <plugin>/<entry id>, "
+            "e.g. daily-news-digest/1700000000000-0 (see 'first-sip dlq list')"
+        )
     found: list[DeadLetter] = []
     for name in [plugin] if plugin else plugin_names():
         reply: Any = client.xrange(keys.dead_letters(name), dead_id, dead_id)
@@ -182,18 +203,29 @@ def get_dead_letter(ref: str, *, client: redis.Redis | None = None) -> DeadLette
     return found[0]
 
 
-def _replay_many(letters: list[DeadLetter], client: redis.Redis, now: datetime) -> list[ReplayResult]:
+def _replay_many(
+    letters: list[DeadLetter], client: redis.Redis, now: datetime, *, include_failed: bool
+) -> list[ReplayResult]:
     results: dict[str, ReplayResult] = {}
     with session_scope() as session:
         reset: dict[uuid.UUID, DeadLetter] = {}
         for letter in letters:
             if letter.run_id is None:
                 results[letter.ref] = ReplayResult(letter.ref, None, False, None, "names no run")
-            elif letter.run_id in reset or runs.reset_for_replay(session, letter.run_id, now=now):
-                reset.setdefault(letter.run_id, letter)
+                continue
+            if letter.run_id in reset:
+                continue
+            refused = runs.reset_for_replay(
+                session,
+                letter.run_id,
+                now=now,
+                dead_letter_error=runs.dead_letter_error(letter.reason, letter.message),
+                include_failed=include_failed,
+            )
+            if refused is None:
+                reset[letter.run_id] = letter
             else:
-                detail = "run not found, completed, cancelled or running under a live lease"
-                results[letter.ref] = ReplayResult(letter.ref, letter.run_id, False, None, detail)
+                results[letter.ref] = ReplayResult(letter.ref, letter.run_id, False, None, refused)
         refs = load_refs(session, run_ids=list(reset))
         published = {p.run_id: p for p in publish_runs(session, refs, now=now, client=client)}
     # Only after the commit: a dead letter disappears once its run has its fresh entry.
@@ -207,17 +239,28 @@ def _replay_many(letters: list[DeadLetter], client: redis.Redis, now: datetime) 
     return [results[letter.ref] for letter in letters]
 
 
-def replay(ref: str, *, now: datetime | None = None, client: redis.Redis | None = None) -> ReplayResult:
+def replay(
+    ref: str,
+    *,
+    include_failed: bool = False,
+    now: datetime | None = None,
+    client: redis.Redis | None = None,
+) -> ReplayResult:
     """Replay one dead letter; raises :class:`NotReplayableError` if its run may not be replayed."""
     client = client or get_redis(decode_responses=False)
-    result = _replay_many([get_dead_letter(ref, client=client)], client, now or datetime.now(UTC))[0]
+    letter = get_dead_letter(ref, client=client)
+    result = _replay_many([letter], client, now or datetime.now(UTC), include_failed=include_failed)[0]
     if not result.replayed:
         raise NotReplayableError(f"dead letter {result.ref} not replayed: {result.detail}")
     return result
 
 
 def replay_all(
-    plugin: str | None = None, *, now: datetime | None = None, client: redis.Redis | None = None
+    plugin: str | None = None,
+    *,
+    include_failed: bool = False,
+    now: datetime | None = None,
+    client: redis.Redis | None = None,
 ) -> list[ReplayResult]:
     """Replay every dead letter (of one plugin, or all); the ones that cannot be are reported, kept."""
     client = client or get_redis(decode_responses=False)
@@ -230,7 +273,7 @@ def replay_all(
             if not chunk:
                 break
             letters = [_decode(name, dead_id, raw) for dead_id, raw in chunk]
-            results.extend(_replay_many(letters, client, now))
+            results.extend(_replay_many(letters, client, now, include_failed=include_failed))
             start = "(" + letters[-1].id
     return results
 
@@ -250,3 +293,50 @@ def purge(
     for name in [plugin] if plugin else plugin_names():
         removed[name] = int(client.xtrim(keys.dead_letters(name), minid=min_id, approximate=False))  # type: ignore[arg-type]
     return PurgeResult(cutoff, removed)
+
+
+def reconcile(
+    plugins: list[str], *, now: datetime, client: redis.Redis | None = None, page: int = _CHUNK
+) -> int:
+    """Fail the runs that dead letters name but a killed consumer left non-terminal; returns how many.
+
+    A consumer moves an entry to the dead letters, then marks its run failed;
+    killed in between, the run stays queued or processing and the outbox sweep
+    would eventually publish it again. A run is failed here only if nothing
+    happened to it since the dead letter was written (not replayed, not claimed
+    again: its ``updated_at`` is not later than ``dead_at``) and, except for
+    ``max_deliveries``, if its row still names the dead-lettered entry.
+    """
+    client = client or get_redis(decode_responses=False)
+    failed = 0
+    for name in plugins:
+        start = "-"
+        while True:
+            chunk: Any = client.xrange(keys.dead_letters(name), start, "+", count=page)
+            if not chunk:
+                break
+            letters = [_decode(name, dead_id, raw) for dead_id, raw in chunk]
+            failed += _reconcile_page(letters, now)
+            start = "(" + letters[-1].id
+    return failed
+
+
+def _reconcile_page(letters: list[DeadLetter], now: datetime) -> int:
+    named = [d for d in letters if d.run_id is not None and d.dead_at is not None]
+    if not named:
+        return 0
+    failed = 0
+    with session_scope() as session:
+        states = runs.states(session, [d.run_id for d in named if d.run_id is not None])
+        for letter in named:
+            state = states.get(letter.run_id) if letter.run_id else None
+            if state is None or state.is_terminal or letter.dead_at is None:
+                continue
+            if state.updated_at is not None and state.updated_at > letter.dead_at:
+                continue  # replayed or claimed since: the dead letter no longer speaks for it
+            if letter.reason != Reason.MAX_DELIVERIES and state.stream_id != letter.original_id:
+                continue
+            error = runs.dead_letter_error(letter.reason, letter.message)
+            if runs.fail_unless_terminal(session, state.run_id, error=error, now=now):
+                failed += 1
+    return failed

@@ -62,6 +62,11 @@ def consumer_heartbeat(host: str) -> str:
     return f"{_prefix()}:consumer:alive:{host}"
 
 
+def stream_errors() -> str:
+    """Hash of plugin -> JSON (error, since, count) for streams the consumer cannot use (``status``)."""
+    return f"{_prefix()}:consumer:stream-errors"
+
+
 def celery_queue(name: str) -> str:
     """The Redis list holding Celery queue ``name``'s waiting messages (kombu's Redis transport)."""
     return f"{celery_prefix()}{name}"

@@ -9,6 +9,8 @@ Guarantees:
   the caller's session. The caller commits. If Redis fails nothing is marked;
   if the commit fails after the XADDs, the entries name runs still ``pending``,
   which the worker's compare-and-set claim handles like any duplicate.
+* A stream key that refuses the XADD (overwritten with another type) costs only
+  that plugin's runs: they stay ``pending`` and are logged; the others publish.
 * Publishing a run twice is harmless: the worker's claim makes the second
   delivery a no-op, and the consumer acknowledges entries a newer one replaced.
 * :func:`trim_stream` drops only entries older than the retention *and* older
@@ -18,6 +20,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,6 +36,8 @@ from app.db.models import TERMINAL_STATUSES, PluginRow, PluginRun
 from app.redis_client import get_redis
 from app.streams import keys
 from app.streams.envelope import Envelope
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,11 +76,24 @@ def publish_runs(
         # Ring the doorbell (kept at one element): an idle consumer wakes now, not at its next poll.
         pipe.lpush(keys.doorbell(), 1)
         pipe.ltrim(keys.doorbell(), 0, 0)
-        ids = pipe.execute()[: len(refs)]
+        # Per-command errors come back as values: one plugin's broken stream key (WRONGTYPE)
+        # leaves that plugin's runs pending (the outbox retries them), never everyone's.
+        ids = pipe.execute(raise_on_error=False)[: len(refs)]
     published = [
         Published(ref.run_id, ref.plugin, entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
         for ref, entry_id in zip(refs, ids, strict=True)
+        if not isinstance(entry_id, Exception)
     ]
+    refused = {
+        ref.plugin: reply for ref, reply in zip(refs, ids, strict=True) if isinstance(reply, Exception)
+    }
+    for plugin, error in refused.items():
+        log.error(
+            "could not publish to plugin %s's stream (%s): its runs stay pending and are retried",
+            plugin,
+            str(error).splitlines()[0] if str(error) else type(error).__name__,
+            extra={"plugin": plugin},
+        )
     runs.mark_queued(session, [(p.run_id, p.stream_id) for p in published], now=now)
     return published
 

@@ -19,15 +19,19 @@ run processing, lease alive            keep: XCLAIM RETRYCOUNT n-1 JUSTID resets
 run pending                            XACK: the outbox owns pending runs and
                                        publishes a fresh entry when it is due
 Celery's queue not empty, and the run  keep: its task is most likely still waiting
-queued or already re-dispatched        in the broker behind others; re-dispatching
-                                       would only add duplicates to the backlog and
-                                       count deliveries towards a dead letter
+queued or already re-dispatched (and   in the broker behind others; re-dispatching
+claimed fewer than ``max_attempts``    would only add duplicates to the backlog and
+times since its last replay)           count deliveries towards a dead letter
 delivered > max_deliveries times       dead letter ``max_deliveries``; run failed
 otherwise                              re-dispatch to Celery
 =====================================  =========================================
 
 Terminal and live runs are checked before the delivery count, so a finished or
-healthy long run is never dead-lettered. Entries the stream no longer holds
+healthy long run is never dead-lettered. The backlog rule is bounded by the
+run's claims: a run whose workers took it ``max_attempts`` times and died each
+time is a poison run, not a waiting one, so it is re-dispatched and counted
+towards ``max_deliveries`` even while a backlog lasts (a backlog that never
+drains would otherwise keep it pending forever). Entries the stream no longer holds
 (trimmed or deleted while pending) have their run re-published from its row.
 """
 
@@ -107,10 +111,12 @@ def decide(
     max_deliveries: int,
     visibility_ms: int,
     broker_backlog: int = 0,
+    max_attempts: int | None = None,
 ) -> Decision:
     """The action for an entry delivered before, given its run's state (pure: no I/O).
 
-    ``broker_backlog`` is how many ``execute_run`` messages wait in Celery's queue.
+    ``broker_backlog`` is how many ``execute_run`` messages wait in Celery's queue;
+    ``max_attempts`` bounds the backlog rule (None: unbounded).
     """
     rejected = rejection(entry, parsed)
     if rejected is not None or isinstance(parsed, EnvelopeError):  # the second test only narrows the type
@@ -131,7 +137,8 @@ def decide(
     # worker died (delivery 1 was the read, 2 our first re-dispatch). Sending more would only
     # lengthen the backlog and count deliveries towards a dead letter; the first re-dispatch
     # of a dead worker's run is never held back.
-    if broker_backlog > 0 and (state.status == RunStatus.QUEUED or entry.delivery_count > 2):
+    poison = max_attempts is not None and state.tries >= max_attempts
+    if broker_backlog > 0 and (state.status == RunStatus.QUEUED or (entry.delivery_count > 2 and not poison)):
         return Decision(Action.KEEP, "its task is probably waiting behind a Celery backlog", run_id=run_id)
     if entry.delivery_count > max_deliveries:
         detail = (
@@ -150,6 +157,7 @@ def decide_all(
     max_deliveries: int,
     visibility_ms: int,
     broker_backlog: int = 0,
+    max_attempts: int | None = None,
 ) -> list[tuple[Entry, Decision]]:
     """:func:`decide` for each entry, with its parsed envelope and its run's state."""
     decided = []
@@ -164,6 +172,7 @@ def decide_all(
             max_deliveries=max_deliveries,
             visibility_ms=visibility_ms,
             broker_backlog=broker_backlog,
+            max_attempts=max_attempts,
         )
         decided.append((entry, decision))
     return decided

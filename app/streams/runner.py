@@ -12,10 +12,15 @@ Guarantees:
 * Redis, broker and PostgreSQL outages never end the process: it logs what it
   is waiting for, retries with capped exponential backoff (with jitter), and
   logs again when the service is back.
+* The heartbeat is honest (:class:`HealthReporter`): it is refreshed after
+  iterations that worked, and every failed iteration is recorded in it, so
+  ``consumer --check`` fails once the loop has failed a few times in a row
+  even though the process is alive.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -124,6 +129,15 @@ def _attempt(action: str, fn: Callable[[], None], backoff: Backoff, stop: thread
     except DB_ERRORS as exc:
         delay = backoff.next()
         _waiting("postgres", exc, delay)
+    except redis.ResponseError as exc:
+        delay = backoff.next()
+        log.error(
+            "Redis refused a command during %s (%s); retrying in %.1fs. Entries stay pending. A key of "
+            "ours may have been overwritten (e.g. with SET): check the key named in the error.",
+            action,
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+            delay,
+        )
     except Exception:
         delay = backoff.next()
         log.exception(
@@ -139,6 +153,31 @@ def _attempt(action: str, fn: Callable[[], None], backoff: Backoff, stop: thread
         return True
     stop.wait(delay)
     return False
+
+
+class HealthReporter:
+    """Writes the heartbeat after each iteration: refreshed when it worked, failures counted when not."""
+
+    def __init__(self, name: str, *, every: float) -> None:
+        self.name, self.every = name, every
+        self.failures = 0
+        self.failing_since: datetime | None = None
+        self._last = -1e9
+
+    def ok(self) -> None:
+        """An iteration worked: refresh the heartbeat (at most every ``every`` seconds while healthy)."""
+        if self.failures or time.monotonic() - self._last >= self.every:
+            self.failures, self.failing_since = 0, None
+            heartbeat.beat(self.name)
+            self._last = time.monotonic()
+
+    def failed(self) -> None:
+        """An iteration raised: count it in the heartbeat (best effort: Redis may be what failed)."""
+        self.failures += 1
+        self.failing_since = self.failing_since or datetime.now(UTC)
+        # Best effort: if Redis is what failed, --check cannot read it either, and the key expires.
+        with contextlib.suppress(redis.RedisError):
+            heartbeat.beat(self.name, failures=self.failures, failing_since=self.failing_since)
 
 
 def run(
@@ -161,15 +200,17 @@ def run(
     if not ready:
         log.info("consumer %s stopped before start-up completed", consumer.name)
         return 0
+    health = HealthReporter(consumer.name, every=settings.consumer_heartbeat_seconds)
+    _attempt("the first heartbeat", health.ok, backoff, stop)
     log.info("consumer %s ready: reading %s", consumer.name, ", ".join(consumer.plugins) or "no streams yet")
-    last_beat = -1e9
 
     def iteration() -> None:
-        nonlocal last_beat
-        if time.monotonic() - last_beat >= settings.consumer_heartbeat_seconds:
-            heartbeat.beat(consumer.name)
-            last_beat = time.monotonic()
-        stats = consumer.loop_once(datetime.now(UTC))
+        try:
+            stats = consumer.loop_once(datetime.now(UTC))
+        except Exception:
+            health.failed()
+            raise
+        health.ok()
         if not stats.read and (not consumer.plugins or settings.stream_block_ms <= 0):
             # Nothing blocked in the read: idle here instead of spinning.
             stop.wait(min(1.0, settings.reclaim_interval_seconds))

@@ -62,9 +62,12 @@ class Settler:
         settings: Settings,
         on_dispatch: Callable[[list[Dispatch], LoopStats], None],
         on_dead_letter: Callable[[Entry, Decision, datetime, LoopStats], None],
+        on_stream_error: Callable[[str, Exception], None] | None = None,
     ) -> None:
         self.client, self.name, self.settings = client, consumer, settings
         self._on_dispatch, self._on_dead_letter = on_dispatch, on_dead_letter
+        #: Called with (plugin, error) when one stream's key refuses a command (the others go on).
+        self._on_stream_error = on_stream_error
         #: plugin -> cursor in this consumer's own pending entries, until they are all settled.
         self.history: dict[str, str] = {}
         self._cursor: dict[str, str] = {}  # plugin -> XAUTOCLAIM cursor
@@ -82,7 +85,10 @@ class Settler:
                 reply: Any = self.client.xreadgroup(keys.GROUP, self.name, {key: cursor}, count=count)
             except redis.ResponseError as exc:
                 if not missing_group(exc):
-                    raise
+                    if self._on_stream_error is None:
+                        raise
+                    self._on_stream_error(plugin, exc)
+                    continue
                 reply = None  # the stream is gone, and this consumer's pending entries with it
             entries = [e for _key, pairs in reply or [] for e in entries_from(plugin, pairs)]
             if not entries:
@@ -95,7 +101,7 @@ class Settler:
     def reclaim(self, plugins: list[str], now: datetime, stats: LoopStats) -> None:
         """One reclaim round: entries idle past the visibility timeout, in every stream."""
         min_idle = self.settings.visibility_timeout_seconds * 1000
-        for plugin in plugins:
+        for plugin in list(plugins):
             cursor = self._cursor.get(plugin, "0-0")
             for _ in range(RECLAIM_PAGES):
                 try:
@@ -109,7 +115,10 @@ class Settler:
                     )
                 except redis.ResponseError as exc:
                     if not missing_group(exc):
-                        raise
+                        if self._on_stream_error is None:
+                            raise
+                        self._on_stream_error(plugin, exc)
+                        break
                     log.warning("group missing on %s's stream; recreating it", plugin)
                     ensure_group(self.client, plugin)
                     cursor = "0-0"
@@ -134,7 +143,11 @@ class Settler:
             # This read counted a delivery nobody made: take it back, and wait.
             keep(self.client, plugin, consumer=self.name, entries=live)
             raise
-        queued = any(state.status == RunStatus.QUEUED for state in states.values())
+        # A backlog matters to queued runs, and to re-dispatched ones (delivered more than twice).
+        waiting = any(
+            state.status == RunStatus.QUEUED or state.status == RunStatus.PROCESSING
+            for state in states.values()
+        )
         decided = decide_all(
             live,
             parsed,
@@ -143,7 +156,8 @@ class Settler:
             max_deliveries=self.settings.max_deliveries,
             visibility_ms=self.settings.visibility_timeout_seconds * 1000,
             # A queued run's task may simply be waiting behind others in Celery's queue.
-            broker_backlog=int(self.client.llen(keys.celery_queue(RUNS_QUEUE))) if queued else 0,  # type: ignore[arg-type]
+            broker_backlog=int(self.client.llen(keys.celery_queue(RUNS_QUEUE))) if waiting else 0,  # type: ignore[arg-type]
+            max_attempts=self.settings.max_attempts,
         )
         acks = [e.id for e, d in decided if d.action == Action.ACK]
         if acks:
