@@ -152,6 +152,7 @@ def configure_logging(level: str | None = None, *, json_output: bool | None = No
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    for noisy in ("httpx", "LiteLLM", "urllib3", "asyncio"):
+    # alembic.runtime.plugins: one INFO line per autogenerate plugin on every migration run.
+    for noisy in ("httpx", "LiteLLM", "urllib3", "asyncio", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _configured = True
