@@ -13,7 +13,13 @@ from app.commands.output import fail
 
 
 def release() -> None:
-    """Migrate the database to head, then sync plugins. Any failure exits non-zero (the deploy stops)."""
+    """Migrate the database to head, check every plugin's crew builds, then sync plugins.
+
+    A plugin that fails the check (unmet requirement, entry point that does not
+    import, crew that does not build) is disabled with the reason; the others
+    sync. Any failure of the release itself exits non-zero (the deploy stops).
+    """
+    from app.commands.plugins import check_crews
     from app.config import get_settings
     from app.db import migrate
     from app.db.engine import session_scope
@@ -22,15 +28,19 @@ def release() -> None:
     from app.plugins.sync import sync_plugins
 
     configure_logging()
+    settings = get_settings()
     try:
         migrate.upgrade()
-        registry = discover(get_settings().plugins_dir)
+        registry = discover(settings.plugins_dir)
+        notes = check_crews(registry, timeout=settings.plugin_check_timeout_seconds)
         with session_scope() as session:
             report = sync_plugins(session, registry)
     except Exception as exc:  # the deploy must stop with the reason
         fail(f"release failed: {type(exc).__name__}: {exc}")
     for problem in registry.problems:
         typer.echo(f"plugin skipped: {problem}", err=True)
+    for note in notes:
+        typer.echo(note)
     for line in report.lines():
         typer.echo(line)
 

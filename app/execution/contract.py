@@ -12,12 +12,17 @@ manifest) is called once per run, in the run's own thread, as
   relative path to it;
 * :meth:`CrewContext.crew_from_yaml` builds the crew from ``agents.yaml`` and
   ``tasks.yaml`` next to the entry point;
+* ``ctx.workdir`` is the run's own scratch folder (removed after the run; the
+  files left in it are recorded with the output); every task's
+  ``output_file`` is resolved inside it;
 * ``ctx.stopped`` is set when the framework gave up on the run (timeout,
   cancellation); long plugin loops may check it.
 
 The entry point returns a :class:`CrewPlan` (``ctx.plan(crew, inputs)``): the
 crew, the inputs that fill its ``{placeholders}``, and an optional JSON-able
-``report`` recorded with the output. This module imports no CrewAI.
+``report`` recorded with the output. An entry point may also be a CrewAI
+``@CrewBase`` class or a JSON crew (see :mod:`app.execution.entry`). This
+module imports no CrewAI.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ class CrewContext:
     folder: Path
     #: The folder holding the entry point file (where agents.yaml and tasks.yaml live).
     crew_folder: Path
+    #: The run's scratch folder: files written here are recorded with the output, then removed.
+    workdir: Path | None = None
     stopped: threading.Event = field(default_factory=threading.Event, compare=False)
 
     @classmethod
@@ -71,9 +78,10 @@ class CrewContext:
         llm: Any,
         folder: Path,
         crew_folder: Path,
+        workdir: Path | None = None,
     ) -> CrewContext:
         """A context whose settings are a read-only view (a crew cannot change the recorded input)."""
-        return cls(run_id, plugin, MappingProxyType(dict(settings)), llm, folder, crew_folder)
+        return cls(run_id, plugin, MappingProxyType(dict(settings)), llm, folder, crew_folder, workdir)
 
     def resolve(self, relative: str) -> Path:
         """``relative`` inside the plugin folder; :class:`PermanentError` if it would leave it."""
@@ -82,11 +90,23 @@ class CrewContext:
         except PathEscapeError as exc:
             raise PermanentError(f"plugin {self.plugin}: {exc}") from exc
 
-    def crew_from_yaml(self, *, agents: str = "agents.yaml", tasks: str = "tasks.yaml") -> Any:
-        """A sequential CrewAI crew built from the YAML files next to the entry point."""
+    def crew_from_yaml(
+        self,
+        *,
+        agents: str = "agents.yaml",
+        tasks: str = "tasks.yaml",
+        tools: Iterable[Any] | Mapping[str, Any] = (),
+        models: Iterable[type] | Mapping[str, type] = (),
+    ) -> Any:
+        """A sequential CrewAI crew built from the YAML files next to the entry point.
+
+        ``tools`` (CrewAI tools, named by their ``name``) and ``models``
+        (pydantic classes, named by their class name) are what the YAML's
+        ``tools:``, ``output_json:`` and ``output_pydantic:`` may name.
+        """
         from app.execution.crew_yaml import crew_from_yaml
 
-        return crew_from_yaml(self, agents_file=agents, tasks_file=tasks)
+        return crew_from_yaml(self, agents_file=agents, tasks_file=tasks, tools=tools, models=models)
 
     def plan(
         self, crew: Any, inputs: Mapping[str, Any], *, report: Mapping[str, Any] | None = None

@@ -37,7 +37,7 @@ from app.db import runs
 from app.db.engine import session_scope
 from app.db.models import TERMINAL_STATUSES, RunStatus, utcnow
 from app.errors import SettingsValidationError
-from app.execution import runtime
+from app.execution import runtime, workdir
 from app.execution.contract import CrewContext
 from app.execution.crew_loader import entry_point_file, find_plugin
 from app.execution.lease import Lease
@@ -157,6 +157,8 @@ def _run(claimed: runs.ClaimedRun, settings: Settings) -> Finish:
         llm=llm,
         folder=plugin.folder,
         crew_folder=crew_folder,
+        # Removed by the crew thread when it ends (an abandoned one may still be writing).
+        workdir=workdir.create(str(claimed.run_id), settings.run_workdir_root),
     )
     job = CrewJob(plugin, ctx, model_name(settings))
     timeout = settings.run_timeout(plugin.manifest.timeout_seconds)
