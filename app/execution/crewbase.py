@@ -146,17 +146,58 @@ def check_class(cls: type, folder: Path) -> list[str]:
     return requested
 
 
-def build(cls: type) -> tuple[Any, Any]:
-    """(the instance, its crew): ``cls()`` then its ``@crew`` method. Errors name the class."""
+def _describe(exc: Exception) -> str:
+    """One line for a pydantic validation error (CrewAI's models), else ``Type: message``."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors) and errors():
+        first = errors()[0]
+        more = f" (and {len(errors()) - 1} more)" if len(errors()) > 1 else ""
+        return f"{getattr(exc, 'title', type(exc).__name__)}: {' '.join(str(first['msg']).split())}{more}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _hint(cls: type, folder: Path, exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    kinds = {e.get("type") for e in errors()} if callable(errors) else set()
+    if "missing_agent_in_task" not in kinds:
+        return ""
+    label, tasks = _config(cls, "original_tasks_config_path", folder)
+    bare = [name for name, body in tasks.items() if not body.get("agent")]
+    agents = ", ".join(sorted(_names(_members(cls), "is_agent"))) or "none"
+    return f"; {label}: {', '.join(bare)}: no 'agent' (name one of: {agents})" if bare else ""
+
+
+def build(cls: type, folder: Path) -> tuple[Any, Any]:
+    """(the instance, its crew): ``cls()`` then its ``@crew`` method. Errors name the class.
+
+    Whatever fails after the instance exists, its memo entries are evicted
+    before the error propagates (a failed build must not leave agents behind
+    for a later instance that reuses its id).
+    """
+    from crewai.project.crew_base import CrewBaseMeta
+
     if not callable(getattr(cls, "crew", None)):
         raise PermanentError(f"{cls.__name__}: a @CrewBase class needs a @crew method named 'crew'")
     where = f"{cls.__name__} ({Path(inspect.getfile(cls)).name})"
+    # What CrewBaseMeta.__call__ does, in two steps, so the instance is ours before CrewAI
+    # builds (and memoises) anything for it.
+    instance = type.__call__(cls)
     try:
-        instance = cls()
-    except KeyError as exc:
-        raise PermanentError(f"{where}: building the crew failed: undefined name {exc}") from exc
-    crew = instance.crew()
+        CrewBaseMeta._initialize_crew_instance(instance, cls)
+        crew = instance.crew()
+    except PermanentError:
+        evict(instance)
+        raise
+    except (KeyError, ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+        evict(instance)
+        raise PermanentError(
+            f"{where}: building the crew failed: {_describe(exc)}{_hint(cls, folder, exc)}"
+        ) from exc
+    except BaseException:
+        evict(instance)
+        raise
     if not hasattr(crew, "kickoff"):
+        evict(instance)
         raise PermanentError(f"{where}: crew() returned {type(crew).__name__}, not a CrewAI Crew")
     return instance, crew
 

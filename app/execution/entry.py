@@ -123,7 +123,7 @@ def _crew_class(cls: type, plugin: Plugin, ctx: CrewContext) -> BuiltCrew:
     with llm_injection.injecting(ctx.llm) as injection:
         for model in requested:
             injection.note(model)
-        instance, crew = crewbase.build(cls)
+        instance, crew = crewbase.build(cls, plugin.folder)
         built = BuiltCrew(CrewPlan(crew), "crewbase", injection=injection, instance=instance)
         try:
             return _settle(built, {}, ctx)

@@ -16,6 +16,7 @@ its ``default`` or ``examples[0]`` if the schema has one.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 _FORMATS = {
@@ -78,14 +79,27 @@ def _string(schema: dict[str, Any], texts: _Texts, name: str) -> str:
 
 
 def _number(schema: dict[str, Any], integer: bool) -> int | float:
-    low = schema.get("minimum", schema.get("exclusiveMinimum"))
-    high = schema.get("maximum", schema.get("exclusiveMaximum"))
-    value: float = 1
-    if low is not None:
-        value = float(low) + (1 if "exclusiveMinimum" in schema and "minimum" not in schema else 0)
-    if high is not None and value > float(high):
-        value = float(high) - (1 if "exclusiveMaximum" in schema and "maximum" not in schema else 0)
-    return int(value) if integer else float(value)
+    """A number inside the schema's bounds (inclusive or exclusive): the middle when both are set."""
+    low, high = schema.get("minimum"), schema.get("maximum")
+    low_x, high_x = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    if integer:
+        lows = [math.ceil(low)] if low is not None else []
+        lows += [math.floor(low_x) + 1] if low_x is not None else []
+        highs = [math.floor(high)] if high is not None else []
+        highs += [math.ceil(high_x) - 1] if high_x is not None else []
+        bottom, top = max(lows, default=None), min(highs, default=None)
+        if bottom is not None and top is not None:
+            return (bottom + top) // 2
+        return bottom if bottom is not None else min(1, top) if top is not None else 1
+    bottoms = [float(v) for v in (low, low_x) if v is not None]
+    tops = [float(v) for v in (high, high_x) if v is not None]
+    if bottoms and tops:
+        return (max(bottoms) + min(tops)) / 2
+    if bottoms:
+        return max(bottoms) + 1.0
+    if tops:
+        return min(tops) - 1.0
+    return 1.0
 
 
 def _object(schema: dict[str, Any], root: dict[str, Any], texts: _Texts, depth: int) -> dict[str, Any]:
