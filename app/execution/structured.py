@@ -83,14 +83,15 @@ def _number(schema: dict[str, Any], integer: bool) -> int | float:
     low, high = schema.get("minimum"), schema.get("maximum")
     low_x, high_x = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
     if integer:
-        lows = [math.ceil(low)] if low is not None else []
-        lows += [math.floor(low_x) + 1] if low_x is not None else []
-        highs = [math.floor(high)] if high is not None else []
-        highs += [math.ceil(high_x) - 1] if high_x is not None else []
-        bottom, top = max(lows, default=None), min(highs, default=None)
-        if bottom is not None and top is not None:
-            return (bottom + top) // 2
-        return bottom if bottom is not None else min(1, top) if top is not None else 1
+        lows: list[int] = [math.ceil(float(low))] if low is not None else []
+        lows += [math.floor(float(low_x)) + 1] if low_x is not None else []
+        highs: list[int] = [math.floor(float(high))] if high is not None else []
+        highs += [math.ceil(float(high_x)) - 1] if high_x is not None else []
+        if lows and highs:
+            return (max(lows) + min(highs)) // 2
+        if lows:
+            return max(lows)
+        return min(1, min(highs)) if highs else 1
     bottoms = [float(v) for v in (low, low_x) if v is not None]
     tops = [float(v) for v in (high, high_x) if v is not None]
     if bottoms and tops:
