@@ -4,20 +4,23 @@ Steps: pick the database (``DATABASE_URL`` or a SQLite file under ``./var``)
 and Redis (``REDIS_URL`` if it answers, else a private ``redis-server`` under
 ``./var``); migrate; sync plugins; start the worker, consumer, beat and an
 authenticated Flower; create (or reuse) the demo user with daily-news-digest
-configured; trigger a run through the real pipeline (API -> stream ->
-consumer -> Celery -> crew -> database), wait with a progress display, print
-the digest; stop every process it started. Running it twice works: the user
+and topic-brief configured; trigger a run of each through the real pipeline
+(API -> stream -> consumer -> Celery -> crew -> database), wait with a
+progress display, print the digest and the brief (a ``@CrewBase`` crew with a
+tool and ``output_json``: its JSON); stop every process it started. Running it twice works: the user
 and configuration are reused and each run is a new run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 from rich.console import Console
@@ -29,6 +32,9 @@ from app.supervise import Supervisor, SupervisorError, free_port
 DEMO_EMAIL = "demo@first-sip.local"
 DEMO_PLUGIN = "daily-news-digest"
 DEMO_SETTINGS = {"topics": ["technology", "science"], "preferred_time": "06:00"}
+#: A CrewAI @CrewBase crew with a tool and structured output (output_json).
+BRIEF_PLUGIN = "topic-brief"
+BRIEF_SETTINGS = {"topic": "renewable energy"}
 
 
 class DemoError(RuntimeError):
@@ -144,14 +150,21 @@ def _configure_demo_user() -> int:
     except NotFoundError:
         user = api.create_user(DEMO_EMAIL, "UTC")
     api.configure_plugin(user.id, DEMO_PLUGIN, DEMO_SETTINGS)
+    api.configure_plugin(user.id, BRIEF_PLUGIN, BRIEF_SETTINGS)
     return user.id
 
 
-def _run_and_wait(user_id: int, console: Console, timeout: float) -> str:
+def _structured(output: dict[str, Any]) -> str:
+    """The JSON of the last task that produced structured output."""
+    found = [t["json"] for t in output.get("tasks", []) if isinstance(t, dict) and "json" in t]
+    return json.dumps(found[-1], indent=2, ensure_ascii=False) if found else ""
+
+
+def _run_and_wait(user_id: int, console: Console, timeout: float, plugin: str = DEMO_PLUGIN) -> str:
     from app import api
 
-    run = api.trigger_run(user_id, DEMO_PLUGIN)
-    console.print(f"triggered run [bold]{run.run_id}[/] ({DEMO_PLUGIN})")
+    run = api.trigger_run(user_id, plugin)
+    console.print(f"triggered run [bold]{run.run_id}[/] ({plugin})")
     started = time.monotonic()
     with console.status("") as status:
         while True:
@@ -171,7 +184,7 @@ def _run_and_wait(user_id: int, console: Console, timeout: float) -> str:
         f"[green]completed[/] in {time.monotonic() - started:.1f}s, attempt {info.attempts}, "
         f"model {(info.output or {}).get('model')}, tokens {usage.get('total_tokens', '?')}"
     )
-    return info.content or ""
+    return (_structured(info.output or {}) if plugin == BRIEF_PLUGIN else "") or info.content or ""
 
 
 def run_demo(*, timeout: float = 300.0) -> int:
@@ -188,9 +201,13 @@ def run_demo(*, timeout: float = 300.0) -> int:
         flower_url = _start_processes(sup, console)
         user, _, password = sup.env["FLOWER_BASIC_AUTH"].partition(":")
         console.print(f"Flower: {flower_url}  (user [bold]{user}[/], password [bold]{password}[/])")
-        digest = _run_and_wait(_configure_demo_user(), console, timeout)
+        user_id = _configure_demo_user()
+        digest = _run_and_wait(user_id, console, timeout)
+        brief = _run_and_wait(user_id, console, timeout, plugin=BRIEF_PLUGIN)
         console.rule("Your First Sip")
         console.print(Markdown(digest) if console.is_terminal else digest)
+        console.rule(f"Your topic brief ({BRIEF_PLUGIN}: structured output, offline model)")
+        console.print(brief)
         console.rule()
         return 0
     except (DemoError, SupervisorError) as exc:

@@ -199,7 +199,24 @@ def build(cls: type, folder: Path) -> tuple[Any, Any]:
     if not hasattr(crew, "kickoff"):
         evict(instance)
         raise PermanentError(f"{where}: crew() returned {type(crew).__name__}, not a CrewAI Crew")
+    _unwrap_output_classes(instance, crew)
     return instance, crew
+
+
+def _unwrap_output_classes(instance: Any, crew: Any) -> None:
+    """Give tasks the ``@output_json``/``@output_pydantic`` classes their YAML names.
+
+    CrewAI 1.15.30 maps such a name to the decorator's wrapper object, which
+    ``Task`` silently drops (its validator accepts only a class): the task then
+    asks for no structured output at all. The wrapped class is what was meant.
+    """
+    tasks = {getattr(task, "name", None): task for task in getattr(crew, "tasks", []) or []}
+    for name, body in (getattr(instance, "tasks_config", None) or {}).items():
+        task = tasks.get(name)
+        for key in ("output_json", "output_pydantic"):
+            wrapped = getattr(body.get(key), "_cls", None) if isinstance(body, dict) else None
+            if task is not None and getattr(task, key, None) is None and isinstance(wrapped, type):
+                setattr(task, key, wrapped)
 
 
 def _marker(instance: Any) -> str:

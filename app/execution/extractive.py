@@ -39,9 +39,10 @@ _CRITERIA = re.compile(
     r"This is the expected criteria for your final answer:\s*(.*?)(?=\nyou MUST|\nThis is the context|$)",
     re.DOTALL,
 )
+#: How CrewAI introduces earlier tasks' output in a prompt.
+CONTEXT_MARKER = "This is the context you're working with:"
 _CONTEXT = re.compile(
-    r"This is the context you're working with:\s*(.*?)(?=\nProvide your complete response|\nBegin!|$)",
-    re.DOTALL,
+    re.escape(CONTEXT_MARKER) + r"\s*(.*?)(?=\nProvide your complete response|\nBegin!|$)", re.DOTALL
 )
 _REPORT = re.compile(r"\b(report|sections?)\b", re.IGNORECASE)
 _LIST = re.compile(r"\b(list|bullet)", re.IGNORECASE)
@@ -203,7 +204,9 @@ def _points(context: str, task: str) -> list[str]:
         bullet = _BULLET.match(line)
         points.append(bullet.group(1) if bullet else line.strip())
     if len(points) <= 1:
-        points = _sentences(points[0] if points else "") or _sentences(task)
+        points = _sentences(points[0] if points else "")
+    if len(points) < 2:
+        points += [s for s in _sentences(task) if s not in points]
     return points[:MAX_POINTS]
 
 

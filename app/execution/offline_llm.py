@@ -100,10 +100,15 @@ def _tool_call(tool: Any, texts: list[str]) -> str:
     )
 
 
-def _observed(messages: list[Any]) -> bool:
-    """True once the conversation holds a tool result (CrewAI appends it after the first turn)."""
+def _observations(messages: list[Any]) -> list[str]:
+    """The tool results in the conversation (CrewAI appends ``Observation: ...`` after the first turn)."""
     turns = [m for m in messages if isinstance(m, dict) and m.get("role") != "system"]
-    return any("Observation:" in _content(m) for m in turns[1:])
+    found = []
+    for message in turns[1:]:
+        _, marker, result = _content(message).partition("Observation:")
+        if marker:
+            found.append(result.strip())
+    return found
 
 
 class OfflineLLM(BaseLLM):
@@ -117,11 +122,15 @@ class OfflineLLM(BaseLLM):
     def _answer(self, messages: list[Any], response_model: Any, task: Any, agent: Any) -> str:
         prompt = "\n\n".join(_content(m) for m in messages if isinstance(m, dict) and m.get("role") == "user")
         everything = "\n\n".join(_content(m) for m in messages if isinstance(m, dict))
-        texts = extractive.task_sentences(prompt)
         react = "Action Input:" in everything and "Final Answer:" in everything
         tool = _first_tool(agent, task) if react and response_model is None else None
-        if tool is not None and not _observed(messages):
-            return _tool_call(tool, texts)
+        observations = _observations(messages)
+        if tool is not None and not observations:
+            return _tool_call(tool, [" ".join(extractive.task_sentences(prompt))[:500]])
+        if observations and extractive.CONTEXT_MARKER not in prompt:
+            # What the tool said is context for the answer, like an earlier task's output.
+            prompt = f"{prompt}\n{extractive.CONTEXT_MARKER}\n" + "\n".join(observations)
+        texts = extractive.task_sentences(prompt)
         schema = requested_schema(prompt, response_model, task)
         if schema is not None:
             body = json.dumps(structured.instance(schema, texts), ensure_ascii=False)

@@ -83,7 +83,7 @@ def check_builds(plugins: list[Plugin], *, timeout: float) -> dict[str, BuildRes
     """Build every plugin's crew in a subprocess, ``timeout`` seconds each; results by plugin name."""
     if not plugins:
         return {}
-    folders = {str(p.folder): p for p in plugins}
+    folders = {str(p.folder.resolve()): p for p in plugins}
     command = [sys.executable, "-m", "app.execution.dryrun", "--timeout", str(timeout), *folders]
     limit = STARTUP_SECONDS + (timeout + 5) * len(plugins)
     with tempfile.TemporaryDirectory(prefix="first-sip-build-check-") as scratch:
