@@ -276,3 +276,15 @@ def test_tool_error_text_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
     assert json.dumps(run_trace.tool_errors()) == json.dumps(
         [{"tool": "search", "error": "ValueError: bad key ***", "count": 1, "attempts": 1}]
     )
+
+
+def test_sweep_removes_only_stale_run_folders(tmp_path: Path) -> None:
+    stale = workdir.create("stale001", tmp_path)
+    fresh = workdir.create("fresh001", tmp_path)
+    other = tmp_path / "not-a-run"
+    other.mkdir()
+    (stale / "report.md").write_text("left by a killed worker")
+    os.utime(stale, (0, 0))
+    os.utime(other, (0, 0))
+    assert workdir.sweep(tmp_path, older_than=3600) == 1
+    assert not stale.exists() and fresh.exists() and other.exists()

@@ -16,6 +16,8 @@ Guarantees:
   :data:`MAX_FILES` files, :data:`MAX_INLINE_BYTES` per file and
   :data:`MAX_INLINE_TOTAL` in all; the rest are listed with their size.
 * :func:`remove` deletes the folder and everything in it; it never raises.
+  :func:`sweep` (at worker start) removes run folders older than any run can
+  last, left by a worker that was killed.
 """
 
 from __future__ import annotations
@@ -40,11 +42,36 @@ MAX_INLINE_TOTAL = 256 * 1024
 DEFAULT_LOG_FILE = "logs.txt"
 
 
+def base(root: Path | None) -> Path:
+    """The folder run folders are made in: ``RUN_WORKDIR_ROOT`` or ``<temp dir>/first-sip-runs``."""
+    return root or Path(tempfile.gettempdir()) / "first-sip-runs"
+
+
 def create(run_id: str, root: Path | None = None) -> Path:
     """A new empty folder for one run (private to this user)."""
-    base = root or Path(tempfile.gettempdir()) / "first-sip-runs"
-    base.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"run-{run_id[:8]}-", dir=base))
+    folder = base(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"run-{run_id[:8]}-", dir=folder))
+
+
+def sweep(root: Path | None, *, older_than: float) -> int:
+    """Remove run folders not modified for ``older_than`` seconds (a killed worker's); how many."""
+    import time
+
+    folder = base(root)
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - older_than
+    removed = 0
+    for child in folder.glob("run-*"):
+        try:
+            stale = child.is_dir() and not child.is_symlink() and child.stat().st_mtime < cutoff
+        except OSError:
+            continue
+        if stale:
+            remove(child)
+            removed += 1
+    return removed
 
 
 def remove(folder: Path | None) -> None:

@@ -164,6 +164,8 @@ def _run(claimed: runs.ClaimedRun, settings: Settings) -> Finish:
     timeout = settings.run_timeout(plugin.manifest.timeout_seconds)
     log.info("running crew (time limit %s s)", timeout)
     verdict = supervise(job, lease=lease, timeout=timeout)
+    if verdict is not Verdict.FINISHED and runtime.in_pool_child():
+        workdir.remove(ctx.workdir)  # this child exits soon; its crew thread will never clean up
     if verdict is Verdict.TIMED_OUT:
         log.warning("crew timed out after %s s", timeout)
         return _with_abandoned(_fail(lease, f"timed out after {timeout} s"), job)
