@@ -353,3 +353,21 @@ def test_hostile_settings_cannot_move_an_output_file_out_of_the_run_folder(
     plugin = load_plugin(folder)
     with pytest.raises(PermanentError, match=r"task 'brief' output_file must stay inside the run's folder"):
         entry.build(plugin, context(plugin, tmp_path))
+
+
+def test_reference_crewbase_plugin_with_a_tool_and_output_json(tmp_path: Path) -> None:
+    from tests.conftest import ROOT
+
+    plugin = load_plugin(ROOT / "plugins" / "topic-brief")
+    ctx = context(plugin, tmp_path, {"topic": "wind and storage"})
+    built = entry.build(plugin, ctx)
+    with built.running():
+        # CrewAI 1.15.30 drops an @output_json class named in tasks.yaml; the framework restores it.
+        assert built.plan.crew.tasks[1].output_json.__name__ == "Brief"
+    out = run_job(plugin, context(plugin, tmp_path, {"topic": "wind and storage"}))
+    research, brief = out["tasks"]
+    assert "wind: Electricity made by turbines" in research["raw"]  # the glossary tool's answer
+    assert set(brief["json"]) == {"title", "summary", "key_points", "terms"}
+    assert 3 <= len(brief["json"]["key_points"]) <= 5
+    assert [f["path"] for f in out["files"]] == ["brief.json"]
+    assert out["token_usage"]["successful_requests"] == 3  # tool call, research answer, brief
