@@ -55,11 +55,15 @@ def validate(
     builds every crew the way a worker would, with the offline model.
     """
     from app.config import get_settings
+    from app.plugins.buildcheck import BuildCheckError
 
     registry = _registry(plugins_dir)
     notes: list[str] = []
     if build and registry.plugins:
-        notes = check_crews(registry, timeout=timeout or get_settings().plugin_check_timeout_seconds)
+        try:
+            notes = check_crews(registry, timeout=timeout or get_settings().plugin_check_timeout_seconds)
+        except BuildCheckError as exc:
+            fail(str(exc))
     for problem in registry.problems:
         typer.echo(str(problem))
     for note in notes:
