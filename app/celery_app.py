@@ -86,14 +86,17 @@ def _check_worker(**_: Any) -> None:
     # exceptions are only logged by Celery; SystemExit is not, so it stops the worker.
     import logging
 
-    from app.execution import runtime
+    from app.execution import runtime, workdir
     from app.llm import llm_problem
 
-    problem = llm_problem(get_settings())
+    settings = get_settings()
+    problem = llm_problem(settings)
     if problem:
         logging.getLogger(__name__).critical("refusing to start the worker: %s", problem)
         raise SystemExit(f"refusing to start the worker: {problem}")
     runtime.configure_environment()
+    # Run folders a killed worker left behind (older than any run may last) hold users' files.
+    workdir.sweep(settings.run_workdir_root, older_than=2 * settings.max_run_timeout_seconds)
 
 
 @signals.worker_process_init.connect

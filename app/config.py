@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=10.0, gt=0)
     retry_max_seconds: float = Field(default=600.0, gt=0)
     worker_max_tasks_per_child: int = Field(default=200, ge=1)
+    #: Where each run's scratch folder is made (removed after the run). Unset: the system temp dir.
+    run_workdir_root: Path | None = None
+    #: Seconds ``plugins validate`` and ``release`` give one plugin to import and build its crew.
+    plugin_check_timeout_seconds: float = Field(default=60.0, gt=0)
 
     # Streams.
     visibility_timeout_seconds: int = Field(default=60, ge=1)

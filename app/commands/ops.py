@@ -13,7 +13,12 @@ from app.commands.output import fail
 
 
 def release() -> None:
-    """Migrate the database to head, then sync plugins. Any failure exits non-zero (the deploy stops)."""
+    """Migrate the database to head, check every plugin's crew builds, then sync plugins.
+
+    A plugin that fails the check (unmet requirement, entry point that does not
+    import, crew that does not build) is disabled with the reason; the others
+    sync. Any failure of the release itself exits non-zero (the deploy stops).
+    """
     from app.logs import configure_logging
     from app.release import release as run_release
 
@@ -23,6 +28,8 @@ def release() -> None:
     report = run_release()
     for problem in report.problems:
         typer.echo(f"plugin skipped: {problem}", err=True)
+    for note in report.notes:
+        typer.echo(note)
     for line in report.sync.lines():
         typer.echo(line)
 

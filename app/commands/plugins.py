@@ -1,20 +1,25 @@
-"""``first-sip plugins``: validate, list and sync the plugins folder."""
+"""``first-sip plugins``: validate, list, sync and create plugins."""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from app.commands.output import emit_json, fail
+
+if TYPE_CHECKING:
+    from app.plugins.registry import Registry
 
 app = typer.Typer(help="Plugin discovery, validation and sync.", no_args_is_help=True)
 
 PluginsDir = typer.Option(None, "--plugins-dir", help="Plugins folder (default: PLUGINS_DIR).")
 
 
-def _registry(plugins_dir: Path | None):  # type: ignore[no-untyped-def]
+def _registry(plugins_dir: Path | None) -> Registry:
     from app.config import get_settings
     from app.plugins.registry import discover
 
@@ -24,18 +29,40 @@ def _registry(plugins_dir: Path | None):  # type: ignore[no-untyped-def]
 
 
 @app.command("validate")
-def validate(plugins_dir: Path | None = PluginsDir) -> None:
-    """Print every problem (file, key, reason); exit 1 if there is any."""
+def validate(
+    plugins_dir: Path | None = PluginsDir,
+    build: bool = typer.Option(
+        True, "--build/--no-build", help="Import each entry point and build its crew (in a subprocess)."
+    ),
+    timeout: float = typer.Option(None, "--timeout", help="Seconds per plugin build (default: settings)."),
+) -> None:
+    """Print every problem (file, key, reason); exit 1 if there is any.
+
+    Checks manifests, schemas, default settings and requirements.txt, then
+    builds every crew the way a worker would, with the offline model.
+    """
+    from app.config import get_settings
+    from app.plugins.buildcheck import BuildCheckError, check_registry
+
     registry = _registry(plugins_dir)
+    notes: list[str] = []
+    if build and registry.plugins:
+        try:
+            notes = check_registry(registry, timeout=timeout or get_settings().plugin_check_timeout_seconds)
+        except BuildCheckError as exc:
+            fail(str(exc))
     for problem in registry.problems:
         typer.echo(str(problem))
+    for note in notes:
+        typer.echo(note)
     if registry.problems:
         typer.echo(f"{len(registry.problems)} problem(s); {len(registry.plugins)} plugin(s) valid", err=True)
         raise typer.Exit(1)
     if not registry.plugins:
         typer.echo("no plugins found", err=True)
         return
-    typer.echo(f"ok: {len(registry.plugins)} plugin(s) valid: {', '.join(sorted(registry.plugins))}")
+    built = " (crews built)" if build else ""
+    typer.echo(f"ok: {len(registry.plugins)} plugin(s) valid{built}: {', '.join(sorted(registry.plugins))}")
 
 
 @app.command("list")
@@ -86,3 +113,23 @@ def sync(plugins_dir: Path | None = PluginsDir) -> None:
         report = sync_plugins(session, registry)
     for line in report.lines():
         typer.echo(line)
+
+
+@app.command("new")
+def new(
+    name: str = typer.Argument(..., help="The plugin name (lower-case letters, digits, dashes)."),
+    plugins_dir: Path | None = PluginsDir,
+) -> None:
+    """Create a plugin with a classic CrewAI @CrewBase crew (YAML agents and tasks), ready to run."""
+    from app.config import get_settings
+    from app.errors import FirstSipError
+    from app.plugins.scaffold import scaffold
+
+    root = plugins_dir or Path(str(get_settings().plugins_dir).split(os.pathsep)[0])
+    try:
+        folder = scaffold(root, name)
+    except FirstSipError as exc:
+        fail(str(exc))
+    typer.echo(f"created {folder}")
+    typer.echo(f"  edit {folder / 'crew'}: crew.py, config/agents.yaml, config/tasks.yaml")
+    typer.echo(f"  then: first-sip plugins validate --plugins-dir {root}")

@@ -12,6 +12,9 @@ manifest) is called once per run, in the run's own thread, as
   relative path to it;
 * :meth:`CrewContext.crew_from_yaml` builds the crew from ``agents.yaml`` and
   ``tasks.yaml`` next to the entry point;
+* ``ctx.workdir`` is the run's own scratch folder (removed after the run; the
+  files left in it are recorded with the output); every task's
+  ``output_file`` is resolved inside it;
 * ``ctx.stopped`` is set when the framework gave up on the run (timeout,
   cancellation); long plugin loops may check it;
 * :meth:`CrewContext.fetch` is the one way a plugin fetches a URL (see
@@ -20,7 +23,9 @@ manifest) is called once per run, in the run's own thread, as
 
 The entry point returns a :class:`CrewPlan` (``ctx.plan(crew, inputs)``): the
 crew, the inputs that fill its ``{placeholders}``, and an optional JSON-able
-``report`` recorded with the output. This module imports no CrewAI.
+``report`` recorded with the output. An entry point may also be a CrewAI
+``@CrewBase`` class or a JSON crew (see :mod:`app.execution.entry`). This
+module imports no CrewAI.
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ class CrewContext:
     folder: Path
     #: The folder holding the entry point file (where agents.yaml and tasks.yaml live).
     crew_folder: Path
+    #: The run's scratch folder: files written here are recorded with the output, then removed.
+    workdir: Path | None = None
     stopped: threading.Event = field(default_factory=threading.Event, compare=False)
     #: The fetcher behind :meth:`fetch`; None means the one the process settings describe.
     fetcher: Fetcher | None = field(default=None, compare=False, repr=False)
@@ -79,11 +86,19 @@ class CrewContext:
         llm: Any,
         folder: Path,
         crew_folder: Path,
+        workdir: Path | None = None,
         fetcher: Fetcher | None = None,
     ) -> CrewContext:
         """A context whose settings are a read-only view (a crew cannot change the recorded input)."""
         return cls(
-            run_id, plugin, MappingProxyType(dict(settings)), llm, folder, crew_folder, fetcher=fetcher
+            run_id,
+            plugin,
+            MappingProxyType(dict(settings)),
+            llm,
+            folder,
+            crew_folder,
+            workdir,
+            fetcher=fetcher,
         )
 
     def resolve(self, relative: str) -> Path:
@@ -116,11 +131,23 @@ class CrewContext:
             url, headers=headers, stopped=self.stopped, deadline_seconds=deadline_seconds, max_bytes=max_bytes
         )
 
-    def crew_from_yaml(self, *, agents: str = "agents.yaml", tasks: str = "tasks.yaml") -> Any:
-        """A sequential CrewAI crew built from the YAML files next to the entry point."""
+    def crew_from_yaml(
+        self,
+        *,
+        agents: str = "agents.yaml",
+        tasks: str = "tasks.yaml",
+        tools: Iterable[Any] | Mapping[str, Any] = (),
+        models: Iterable[type] | Mapping[str, type] = (),
+    ) -> Any:
+        """A sequential CrewAI crew built from the YAML files next to the entry point.
+
+        ``tools`` (CrewAI tools, named by their ``name``) and ``models``
+        (pydantic classes, named by their class name) are what the YAML's
+        ``tools:``, ``output_json:`` and ``output_pydantic:`` may name.
+        """
         from app.execution.crew_yaml import crew_from_yaml
 
-        return crew_from_yaml(self, agents_file=agents, tasks_file=tasks)
+        return crew_from_yaml(self, agents_file=agents, tasks_file=tasks, tools=tools, models=models)
 
     def plan(
         self, crew: Any, inputs: Mapping[str, Any], *, report: Mapping[str, Any] | None = None

@@ -8,13 +8,17 @@ of the task it was given. Article blocks in the prompt look like::
     Topic: technology
     Summary: One or more sentences.
 
-Guarantees: :func:`answer` is a pure function of its input. When the prompt
-asks for markdown it writes a digest (a heading per topic; headline, link and
+Guarantees: :func:`answer` is a pure function of its input. A prompt that
+carries stories or a ``Topics:`` line is a digest prompt: when it asks for
+markdown it writes a digest (a heading per topic; headline, link and
 one-sentence summary per story); otherwise it selects the stories matching the
 prompt's ``Topics:`` line (at most the prompt's "at most N") and returns them
 in the block format above with one-sentence summaries. With no stories it
-says so. A prompt with neither stories nor topics gets the first sentence of
-its task back.
+says so. Any other prompt is answered from its task (:func:`answer_task`): a
+markdown report (a section per point) or a bullet list when the task's
+expected output asks for one, built from the context it was given (earlier
+tasks' answers) or else from the task's own sentences; otherwise the first
+sentence of the task.
 """
 
 from __future__ import annotations
@@ -28,7 +32,23 @@ _TOPICS = re.compile(r"^\s*Topics\s*:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE
 _AT_MOST = re.compile(r"\bat most (\d+)\b", re.IGNORECASE)
 _UNAVAILABLE = re.compile(r"^\s*Unavailable feeds\s*:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 _MARKDOWN = re.compile(r"\bmarkdown\b", re.IGNORECASE)
-_TASK = re.compile(r"Current Task:\s*(.*?)(?:\n\s*\n|$)", re.DOTALL)
+_TASK_ONLY = re.compile(
+    r"Current Task:\s*(.*?)(?=\nThis is the expected criteria|\nThis is the context|\n\s*\n|$)", re.DOTALL
+)
+_CRITERIA = re.compile(
+    r"This is the expected criteria for your final answer:\s*(.*?)(?=\nyou MUST|\nThis is the context|$)",
+    re.DOTALL,
+)
+#: How CrewAI introduces earlier tasks' output in a prompt.
+CONTEXT_MARKER = "This is the context you're working with:"
+_CONTEXT = re.compile(
+    re.escape(CONTEXT_MARKER) + r"\s*(.*?)(?=\nProvide your complete response|\nBegin!|$)", re.DOTALL
+)
+_REPORT = re.compile(r"\b(report|sections?)\b", re.IGNORECASE)
+_LIST = re.compile(r"\b(list|bullet)", re.IGNORECASE)
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+(.*\S)\s*$")
+_HEADING = re.compile(r"^\s*#+\s+")
+MAX_POINTS = 10
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 _NONE_WORDS = {"", "none", "(none)", "n/a", "-"}
 
@@ -163,10 +183,63 @@ def write_digest(stories: list[Story], topics: list[str], unavailable: str | Non
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _part(pattern: re.Pattern[str], prompt: str, *, flat: bool = True) -> str:
+    match = pattern.search(prompt)
+    if not match:
+        return ""
+    return " ".join(match.group(1).split()) if flat else match.group(1).strip()
+
+
+def _sentences(text: str) -> list[str]:
+    flat = " ".join(text.split())
+    return [s.strip() for s in _SENTENCE_END.split(flat) if s.strip()] if flat else []
+
+
+def _points(context: str, task: str) -> list[str]:
+    """What to write about: the context's bullets or lines, else the task's sentences."""
+    points = []
+    for line in context.splitlines():
+        if not line.strip() or _HEADING.match(line):
+            continue
+        bullet = _BULLET.match(line)
+        points.append(bullet.group(1) if bullet else line.strip())
+    if len(points) <= 1:
+        points = _sentences(points[0] if points else "")
+    if len(points) < 2:
+        points += [s for s in _sentences(task) if s not in points]
+    return points[:MAX_POINTS]
+
+
+def task_sentences(prompt: str) -> list[str]:
+    """Sentences of the task in ``prompt`` and its context, for answers built from a schema."""
+    task = _part(_TASK_ONLY, prompt)
+    return _points(_part(_CONTEXT, prompt, flat=False), task) if task else _sentences(prompt)[:MAX_POINTS]
+
+
+def answer_task(prompt: str) -> str:
+    """An answer written from the task in ``prompt`` (no stories; see the module docstring)."""
+    task = _part(_TASK_ONLY, prompt)
+    if not task:
+        return first_sentence(prompt) or "Done."
+    criteria = _part(_CRITERIA, prompt)
+    points = _points(_part(_CONTEXT, prompt, flat=False), task)
+    title = first_sentence(task, limit=120).rstrip(".")
+    if _REPORT.search(criteria) and _MARKDOWN.search(criteria):
+        lines = [f"# {title}", ""]
+        for point in points:
+            lines += [f"## {first_sentence(point, limit=80).rstrip('.')}", "", point, ""]
+        return "\n".join(lines).rstrip() + "\n"
+    if _LIST.search(criteria):
+        return "\n".join(f"- {point}" for point in points)
+    return first_sentence(task) or "Done."
+
+
 def answer(prompt: str) -> str:
     """The offline model's answer to ``prompt`` (see the module docstring)."""
     stories = parse_stories(prompt)
     topics = requested_topics(prompt)
+    if not stories and not topics:
+        return answer_task(prompt)
     limit_match = _AT_MOST.search(prompt)
     limit = int(limit_match.group(1)) if limit_match else None
     chosen = select(stories, topics, limit)
@@ -174,7 +247,4 @@ def answer(prompt: str) -> str:
         unavailable_match = _UNAVAILABLE.search(prompt)
         unavailable = unavailable_match.group(1) if unavailable_match else ""
         return write_digest(chosen, topics, None if unavailable.lower() in _NONE_WORDS else unavailable)
-    if stories or topics:
-        return write_selection(chosen, topics)
-    task = _TASK.search(prompt)
-    return first_sentence(task.group(1) if task else prompt) or "Done."
+    return write_selection(chosen, topics)

@@ -3,9 +3,10 @@
 Guarantees:
 
 * :func:`shape_output` returns plain JSON: ``content`` (the crew's final
-  output), ``tasks`` (name, agent, raw per task), ``token_usage`` (prompt,
-  completion, total, successful requests), ``model``, ``duration_seconds`` and
-  the plugin's ``report``.
+  output), ``tasks`` (name, agent, raw per task, and ``json`` when the task
+  produced structured output), ``token_usage`` (prompt, completion, total,
+  successful requests), ``model``, ``duration_seconds``, the ``report`` and
+  the ``files`` the crew left in the run's folder.
 * :func:`is_transient` says whether a retry may succeed: provider connection
   errors, timeouts talking to a provider and rate limits, recognised by
   exception type (names too, so litellm/openai/httpx errors are recognised
@@ -110,28 +111,42 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ("" if value is None else str(value))
 
 
+def _task(output: Any) -> dict[str, Any]:
+    shaped: dict[str, Any] = {
+        "name": _text(getattr(output, "name", None)) or None,
+        "agent": _text(getattr(output, "agent", None)),
+        "raw": _text(getattr(output, "raw", None)),
+    }
+    pydantic = getattr(output, "pydantic", None)
+    structured = (
+        pydantic.model_dump(mode="json") if pydantic is not None else getattr(output, "json_dict", None)
+    )
+    if isinstance(structured, dict):
+        shaped["json"] = structured
+    return shaped
+
+
 def shape_output(
-    result: Any, *, llm: Any, model: str, duration_seconds: float, report: dict[str, Any]
+    result: Any,
+    *,
+    llm: Any,
+    model: str,
+    duration_seconds: float,
+    report: dict[str, Any],
+    files: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The JSON recorded as the run's output; :class:`PermanentError` if it is empty or too large."""
     content = _text(getattr(result, "raw", None)).strip()
     if not content:
         raise PermanentError("the crew produced no output")
-    tasks = [
-        {
-            "name": _text(getattr(t, "name", None)) or None,
-            "agent": _text(getattr(t, "agent", None)),
-            "raw": _text(getattr(t, "raw", None)),
-        }
-        for t in getattr(result, "tasks_output", []) or []
-    ]
     output = {
         "content": content,
-        "tasks": tasks,
+        "tasks": [_task(t) for t in getattr(result, "tasks_output", []) or []],
         "token_usage": token_usage(llm),
         "model": model,
         "duration_seconds": round(duration_seconds, 3),
         "report": report,
+        "files": files or [],
     }
     try:
         size = len(json.dumps(output, ensure_ascii=False).encode())

@@ -9,6 +9,11 @@ the limit. A crew thread that is given up on is never waited for again and
 never writes anything: only the supervising thread records outcomes, and
 it has moved on. (Stopping that thread for real is the worker's job: a prefork
 child exits; see :mod:`app.execution.worker`.)
+
+The crew thread records the files left in the run's folder and the tool and
+structured-output problems of the run (:mod:`app.execution.trace`) with the
+output; whether the crew succeeded or not, it evicts a ``@CrewBase``
+instance from CrewAI's memo cache and removes the run's folder when it ends.
 """
 
 from __future__ import annotations
@@ -21,9 +26,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from app.errors import PermanentError
-from app.execution.contract import CrewContext, CrewPlan, check_inputs, check_llm
-from app.execution.crew_loader import load_entry_point
+from app.execution import entry, trace, workdir
+from app.execution.contract import CrewContext
 from app.execution.lease import Lease, LeaseState
 from app.execution.outcome import shape_output
 from app.plugins.registry import Plugin
@@ -50,35 +54,35 @@ class CrewJob:
     error: BaseException | None = None
     thread: threading.Thread | None = field(default=None, repr=False)
 
-    def _plan(self) -> CrewPlan:
-        build_crew = load_entry_point(self.plugin)
-        plan = build_crew(self.ctx)
-        if not isinstance(plan, CrewPlan):
-            raise PermanentError(
-                f"plugin {self.plugin.name}: {self.plugin.manifest.entry_point} must return a CrewPlan "
-                f"(ctx.plan(crew, inputs)), got {type(plan).__name__}"
-            )
-        if not hasattr(plan.crew, "kickoff"):
-            raise PermanentError(f"plugin {self.plugin.name}: CrewPlan.crew is not a CrewAI crew")
-        check_llm(plan.crew, self.ctx.llm)
-        check_inputs(plan.crew, plan.inputs)
-        return plan
+    def _execute(self, started: float) -> dict[str, Any]:
+        with trace.collecting() as run_trace:
+            built = entry.build(self.plugin, self.ctx)
+            plan = built.plan
+            with built.running():
+                result = plan.crew.kickoff(inputs=plan.inputs)
+            trace.settle()
+            tool_errors = run_trace.tool_errors()
+        outputs = trace.output_problems(plan.crew, result)
+        trace.failures(list(self.plugin.manifest.fail_on), tool_errors=tool_errors, outputs=outputs)
+        framework = {**built.report(), "tool_errors": tool_errors, "output_validation": outputs}
+        return shape_output(
+            result,
+            llm=self.ctx.llm,
+            model=self.model,
+            duration_seconds=time.monotonic() - started,
+            report={**plan.report, entry.FRAMEWORK_REPORT_KEY: framework},
+            files=workdir.collect(self.ctx.workdir) if self.ctx.workdir else [],
+        )
 
     def run(self) -> None:
         """The crew thread's body. Never raises: the outcome is left on the job."""
         started = time.monotonic()
         try:
-            plan = self._plan()
-            result = plan.crew.kickoff(inputs=plan.inputs)
-            self.output = shape_output(
-                result,
-                llm=self.ctx.llm,
-                model=self.model,
-                duration_seconds=time.monotonic() - started,
-                report=plan.report,
-            )
+            self.output = self._execute(started)
         except BaseException as exc:  # the supervisor classifies; a thread must not die silently
             self.error = exc
+        finally:
+            workdir.remove(self.ctx.workdir)
         if self.ctx.stopped.is_set():
             log.info("abandoned crew thread finished; its result is discarded")
 

@@ -12,9 +12,12 @@ Guarantees:
   ``PYTHON_DOTENV_DISABLED=1`` (always: not overridable), so no ``.env`` is
   ever read in a worker. Use the environment (or your process manager's env
   file) instead.
-* :func:`prepare` imports CrewAI once per process (thread-safe, idempotent) and
+* :func:`prepare` imports CrewAI once per process (thread-safe, idempotent),
   removes two pieces of process-wide machinery that are wrong for a shared
-  worker (see :func:`_patch_crewai`).
+  worker (see :func:`_patch_crewai`), routes CrewAI's model resolution through
+  the run's LLM where a run asks for it (:mod:`app.execution.llm_injection`)
+  and subscribes each run's trace to CrewAI's tool events
+  (:mod:`app.execution.trace`).
 * :func:`after_fork` makes a prefork pool child safe to run crews even if its
   parent had imported CrewAI: the event bus forgets the parent's threads and
   locks. It also marks the process as a pool child, so the worker knows it may
@@ -65,6 +68,10 @@ def prepare() -> None:
         import crewai  # noqa: F401  (the expensive import happens here, on purpose)
 
         _patch_crewai()
+        from app.execution import llm_injection, trace
+
+        llm_injection.install()
+        trace.install()
         _prepared = True
 
 

@@ -37,7 +37,7 @@ from app.db import runs
 from app.db.engine import session_scope
 from app.db.models import TERMINAL_STATUSES, RunStatus, utcnow
 from app.errors import SettingsValidationError
-from app.execution import runtime
+from app.execution import runtime, workdir
 from app.execution.contract import CrewContext
 from app.execution.crew_loader import entry_point_file, find_plugin
 from app.execution.lease import Lease
@@ -159,11 +159,15 @@ def _run(claimed: runs.ClaimedRun, settings: Settings) -> Finish:
         llm=llm,
         folder=plugin.folder,
         crew_folder=crew_folder,
+        # Removed by the crew thread when it ends (an abandoned one may still be writing).
+        workdir=workdir.create(str(claimed.run_id), settings.run_workdir_root),
     )
     job = CrewJob(plugin, ctx, model_name(settings))
     timeout = settings.run_timeout(plugin.manifest.timeout_seconds)
     log.info("running crew (time limit %s s)", timeout)
     verdict = supervise(job, lease=lease, timeout=timeout)
+    if verdict is not Verdict.FINISHED and runtime.in_pool_child():
+        workdir.remove(ctx.workdir)  # this child exits soon; its crew thread will never clean up
     if verdict is Verdict.TIMED_OUT:
         log.warning("crew timed out after %s s", timeout)
         return _with_abandoned(_fail(lease, f"timed out after {timeout} s"), job)

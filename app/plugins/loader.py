@@ -11,7 +11,10 @@ Guarantees:
   file is imported afresh.
 * Each file version is imported once per process; imports are serialised, so
   concurrent runs in a threads pool never see a half-imported module.
-* Any failure is a :class:`PluginError` naming the file and the reason.
+* Any failure is a :class:`PluginError` naming the file and the reason; an
+  import error also names the module that could not be imported and the
+  plugin file and line that imported it (a missing package shows as what it
+  is, not as a failure of the entry point file).
 """
 
 from __future__ import annotations
@@ -43,6 +46,39 @@ def resolve_ref(folder: Path, ref: str) -> tuple[Path, str]:
     if not path.is_file():
         raise PluginError([Problem(str(folder), ref, f"{relative} does not exist")])
     return path, function
+
+
+def _origin(folder: Path, exc: BaseException) -> str | None:
+    """``file:line`` of the innermost plugin frame in ``exc``'s traceback (where the import failed)."""
+    root = folder.resolve()
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = Path(tb.tb_frame.f_code.co_filename)
+        if filename.is_absolute() and filename.resolve().is_relative_to(root):
+            found = f"{filename.resolve().relative_to(root)}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    if isinstance(exc, SyntaxError) and exc.filename:
+        target = Path(exc.filename).resolve()
+        if target.is_relative_to(root):
+            found = f"{target.relative_to(root)}:{exc.lineno}"
+    return found
+
+
+def import_failure(folder: Path, path: Path, exc: BaseException) -> str:
+    """Why importing the plugin file ``path`` failed, naming the module and where it was imported."""
+    relative = path.relative_to(folder.resolve()) if path.is_relative_to(folder.resolve()) else path.name
+    where = _origin(folder, exc)
+    at = f" (at {where})" if where else ""
+    if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.startswith("_first_sip_plugin_"):
+        sibling = exc.name.partition(".")[2] or exc.name
+        return f"cannot import {relative}: the plugin has no module {sibling!r}{at}"
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return (
+            f"cannot import {relative}: module {exc.name!r} is not installed{at}; "
+            "list its package in requirements.txt next to the entry point"
+        )
+    return f"cannot import {relative}: {type(exc).__name__}: {exc}{at}"
 
 
 def _package_name(name: str, path: Path, version: str, mtime_ns: int) -> str:
@@ -86,7 +122,7 @@ def load_callable(
         except Exception as exc:
             for loaded in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
                 del sys.modules[loaded]
-            message = f"cannot import {path.name}: {type(exc).__name__}: {exc}"
+            message = import_failure(folder, path, exc)
             raise PluginError([Problem(str(path), ref, message)]) from exc
         target = getattr(module, function, None)
         if not callable(target):

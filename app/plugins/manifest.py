@@ -32,12 +32,16 @@ SEMVER_RE = re.compile(
     r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
 )
 # ``relative/file.py:callable`` — the file is resolved inside the plugin folder.
-ENTRY_POINT_RE = re.compile(r"^[^:\s]+\.py:[A-Za-z_][A-Za-z0-9_]*$")
+CALLABLE_REF_RE = re.compile(r"^[^:\s]+\.py:[A-Za-z_][A-Za-z0-9_]*$")
+# An entry point: a function or @CrewBase class (``file.py:Name``), or a CrewAI JSON crew file.
+ENTRY_POINT_RE = re.compile(r"^(?:[^:\s]+\.py:[A-Za-z_][A-Za-z0-9_]*|[^:\s]+\.jsonc?)$")
 
 #: Manifest format versions this framework understands.
 SUPPORTED_SCHEMA_VERSIONS = ("v1",)
 #: What a plugin may declare it can do. ``scheduled`` makes it eligible for the beat.
 Capability = Literal["briefing", "scheduled", "manual"]
+#: Problems a completed crew may have that the plugin wants to fail its run instead of being noted.
+FailOn = Literal["tool_errors", "output_validation"]
 
 
 class PluginManifest(BaseModel):
@@ -54,12 +58,16 @@ class PluginManifest(BaseModel):
     capabilities: list[Capability] = Field(default_factory=list)
     default_config: dict[str, Any] = Field(default_factory=dict)
     settings_schema_path: str = "settings.schema.json"
-    #: ``crew/main.py:build_crew``: the function that builds the crew (worker only).
+    #: ``crew/main.py:build_crew`` (a function), ``crew/crew.py:MyCrew`` (a @CrewBase class)
+    #: or ``crew/crew.jsonc`` (a CrewAI JSON crew): what builds the crew (worker only).
     entry_point: str
     #: Optional ``file.py:function`` that upgrades settings from an older plugin version.
     settings_migrator: str | None = None
     #: Hard time limit for one run, in seconds (capped by MAX_RUN_TIMEOUT_SECONDS).
     timeout_seconds: int | None = Field(default=None, ge=1, le=24 * 3600)
+    #: Fail a run whose tools raised or whose structured output did not validate
+    #: (otherwise the run completes and its report lists them).
+    fail_on: list[FailOn] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -84,10 +92,20 @@ class PluginManifest(BaseModel):
             )
         return value
 
-    @field_validator("entry_point", "settings_migrator")
+    @field_validator("entry_point")
     @classmethod
-    def _entry_point(cls, value: str | None) -> str | None:
-        if value is not None and not ENTRY_POINT_RE.fullmatch(value):
+    def _entry_point(cls, value: str) -> str:
+        if not ENTRY_POINT_RE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} must look like 'relative/path.py:build_crew', 'relative/path.py:MyCrew' "
+                "or 'relative/crew.jsonc'"
+            )
+        return value
+
+    @field_validator("settings_migrator")
+    @classmethod
+    def _migrator(cls, value: str | None) -> str | None:
+        if value is not None and not CALLABLE_REF_RE.fullmatch(value):
             raise ValueError(f"{value!r} must look like 'relative/path.py:function'")
         return value
 

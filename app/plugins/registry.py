@@ -1,10 +1,12 @@
 """Discovery: plugin folders on disk become a :class:`Registry` of valid plugins.
 
 Guarantees: a broken plugin is skipped with every reason recorded in
-``Registry.problems`` (and logged); it never stops the other plugins from
-loading. Two plugins with the same name are both rejected. A loaded
-:class:`Plugin` has a valid manifest, a valid Draft 2020-12 settings schema and
-a ``default_config`` that validates against it.
+``Registry.problems`` (and logged, and by name in ``Registry.rejected`` when
+its manifest names it); it never stops the other plugins from loading. Two
+plugins with the same name are both rejected. A loaded :class:`Plugin` has a
+valid manifest, a valid Draft 2020-12 settings schema, a ``default_config``
+that validates against it, and every requirement in its ``requirements.txt``
+installed (:mod:`app.plugins.requirements`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from app.errors import PluginError, Problem
 from app.plugins import jsonsafe
 from app.plugins.manifest import MANIFEST_FILE, PluginManifest, load_manifest
 from app.plugins.paths import PathEscapeError, resolve_inside
+from app.plugins.requirements import requirement_problems
 from app.plugins.settings import (
     LOCAL_REGISTRY,
     SettingsSpec,
@@ -75,10 +78,19 @@ class Registry:
 
     plugins: dict[str, Plugin] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    #: Plugins whose manifest names them but that cannot run, with the reason (sync disables them).
+    rejected: dict[str, str] = field(default_factory=dict)
 
     def get(self, name: str) -> Plugin | None:
         """The plugin called ``name``, or None."""
         return self.plugins.get(name)
+
+    def reject(self, name: str, problems: list[Problem]) -> None:
+        """Move ``name`` out of the loaded plugins: it may not run, for these reasons."""
+        self.plugins.pop(name, None)
+        self.problems.extend(problems)
+        reason = "; ".join(str(p) for p in problems)
+        self.rejected[name] = f"{self.rejected[name]}; {reason}" if name in self.rejected else reason
 
 
 def _load_schema(folder: Path, manifest: PluginManifest, manifest_file: str) -> dict[str, Any]:
@@ -186,6 +198,7 @@ def load_plugin(folder: Path) -> Plugin:
     manifest = load_manifest(folder)
     manifest_file = str(folder / MANIFEST_FILE)
     schema = _load_schema(folder, manifest, manifest_file)
+    targets = {}
     for key in ("entry_point", "settings_migrator"):
         ref = getattr(manifest, key)
         if ref is None:
@@ -198,11 +211,15 @@ def load_plugin(folder: Path) -> Plugin:
             raise PluginError(
                 [Problem(manifest_file, key, f"{ref.split(':', 1)[0]} is not a file in the plugin folder")]
             )
+        targets[key] = target
     stored = jsonsafe.storage_problems(manifest.default_config)
     if stored:
         raise PluginError(
             [Problem(manifest_file, "default_config" + where.replace("/", "."), m) for where, m in stored]
         )
+    unmet = requirement_problems(folder, targets["entry_point"])
+    if unmet:
+        raise PluginError(unmet)
     plugin = Plugin(
         manifest,
         folder,
@@ -221,6 +238,14 @@ def load_plugin(folder: Path) -> Plugin:
             ]
         )
     return plugin
+
+
+def _declared_name(folder: Path) -> str | None:
+    """The name a broken plugin's manifest gives itself, if it parses (for the disable reason)."""
+    try:
+        return load_manifest(folder).name
+    except PluginError:
+        return None
 
 
 def _plugin_dirs(plugins_dir: Path | str) -> list[Path]:
@@ -257,7 +282,11 @@ def discover(plugins_dir: Path | str) -> Registry:
             try:
                 plugin = load_plugin(folder)
             except PluginError as exc:
-                registry.problems.extend(exc.problems)
+                name = _declared_name(folder)
+                if name is None:
+                    registry.problems.extend(exc.problems)
+                else:
+                    registry.reject(name, exc.problems)
                 continue
             except Exception as exc:  # a plugin must never stop discovery of the others
                 log.exception("unexpected error loading %s", folder)
@@ -266,10 +295,11 @@ def discover(plugins_dir: Path | str) -> Registry:
                 continue
             found.setdefault(plugin.name, []).append(plugin)
     for name, candidates in found.items():
-        if len(candidates) == 1:
+        if len(candidates) == 1 and name not in registry.rejected:
             registry.plugins[name] = candidates[0]
             continue
         where = ", ".join(str(c.folder) for c in candidates)
+        registry.rejected[name] = f"duplicate plugin name {name!r} (in {where})"
         for c in candidates:
             registry.problems.append(
                 Problem(

@@ -2,10 +2,13 @@
 
 Guarantees: idempotent (a second sync with no change on disk changes
 nothing); new plugins are inserted, changed ones updated; a plugin whose folder
-is gone (or no longer loads) is disabled with the reason, never deleted, so its
-runs keep their history. A plugin that comes back is enabled again. Configs
-saved under an older settings schema are revalidated, migrated or disabled
-(:mod:`app.plugins.evolution`).
+is gone is disabled with :data:`GONE_REASON`, and one that is on disk but
+cannot run (an invalid manifest or schema, an unmet requirement, a crew that
+does not build: ``Registry.rejected``) is disabled with its own reason, never
+deleted, so its runs keep their history (its stored manifest is left as it
+was). A plugin that comes back is enabled again; a plugin an operator
+disabled stays disabled. Configs saved under an older settings schema are
+revalidated, migrated or disabled (:mod:`app.plugins.evolution`).
 
 One plugin never breaks the others: each plugin is written inside its own
 savepoint, and a plugin whose row cannot be written is rolled back alone and
@@ -32,6 +35,13 @@ from app.streams.errors import DB_ERRORS
 log = logging.getLogger(__name__)
 
 GONE_REASON = "plugin folder missing or invalid at last sync"
+#: Start of the reason of a plugin sync disabled because it cannot run (the problems follow).
+REJECTED_PREFIX = "rejected at last sync: "
+
+
+def _disabled_by_sync(row: PluginRow) -> bool:
+    reason = row.disabled_reason or ""
+    return not row.enabled and (reason == GONE_REASON or reason.startswith(REJECTED_PREFIX))
 
 
 @dataclass
@@ -112,8 +122,13 @@ def sync_plugins(session: Session, registry: Registry) -> SyncReport:
             )
             rows.pop(name, None)
     for name, row in sorted(rows.items()):
-        if name not in registry.plugins and row.enabled:
-            row.enabled, row.disabled_reason = False, GONE_REASON
+        if name in registry.plugins or not (row.enabled or _disabled_by_sync(row)):
+            continue
+        reason = GONE_REASON
+        if name in registry.rejected:
+            reason = (REJECTED_PREFIX + registry.rejected[name])[:2000]
+        if row.enabled or row.disabled_reason != reason:
+            row.enabled, row.disabled_reason = False, reason
             report.disabled.append(name)
     session.flush()
     return report
@@ -129,7 +144,7 @@ def _sync_one(session: Session, plugin: Plugin, row: PluginRow | None, report: S
     changed = {k: v for k, v in values.items() if getattr(row, k) != v}
     for key, value in changed.items():
         setattr(row, key, value)
-    if not row.enabled and row.disabled_reason == GONE_REASON:
+    if _disabled_by_sync(row):
         # Only re-enable what sync itself disabled; an operator's disable stands.
         row.enabled, row.disabled_reason = True, None
         report.enabled.append(name)

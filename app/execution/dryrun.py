@@ -1,0 +1,162 @@
+"""Build each plugin's crew the way a worker would, without running it: the child of ``plugins validate``.
+
+Run as ``python -m app.execution.dryrun [--timeout S] FOLDER...`` by
+:mod:`app.plugins.buildcheck` (the parent CLI never imports CrewAI). This
+process imports CrewAI once, then builds each plugin in a forked child of its
+own, so one plugin's import-time side effects (module state, patches, a
+blocking import) cannot touch another's result, and a child that passes
+``--timeout`` is killed. Each child loads the plugin as the worker does,
+gives it the offline model and the plugin's ``default_config`` (merged over
+the schema's defaults) as settings, builds the crew through
+:func:`app.execution.entry.build` (so it checks what every run checks: LLM
+injection, placeholders filled, YAML valid, output files in the run's
+folder) and evicts what it built. Nothing is kicked off.
+
+One line per plugin is printed on stdout: :data:`RESULT_PREFIX` then JSON
+``{"folder", "plugin", "ok", "problems": [{"file", "key", "message", "line"}],
+"notes"}``. A plugin's own prints go to /dev/null.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from app.errors import PermanentError, PluginError
+
+RESULT_PREFIX = "FIRST-SIP-BUILD-CHECK "
+
+
+def _problem(file: str, message: str, key: str = "") -> dict[str, Any]:
+    return {"file": file, "key": key, "message": message, "line": None}
+
+
+def _build(folder: Path) -> dict[str, Any]:
+    """Build the plugin in ``folder`` (in this process); its result."""
+    from app.execution import entry
+    from app.execution.contract import CrewContext
+    from app.execution.crew_loader import entry_point_file
+    from app.execution.offline_llm import OfflineLLM
+    from app.llm import OFFLINE_MODEL
+    from app.plugins.loader import _origin
+    from app.plugins.registry import load_plugin
+    from app.plugins.settings import validate_settings
+
+    result: dict[str, Any] = {"folder": str(folder), "plugin": folder.name, "ok": False, "notes": []}
+    try:
+        plugin = load_plugin(folder)
+        result["plugin"] = plugin.name
+        with tempfile.TemporaryDirectory(prefix="build-check-") as scratch:
+            ctx = CrewContext.create(
+                run_id="build-check",
+                plugin=plugin.name,
+                settings=validate_settings(plugin, None),
+                llm=OfflineLLM(model=OFFLINE_MODEL),
+                folder=plugin.folder,
+                crew_folder=entry_point_file(plugin)[0].parent,
+                workdir=Path(scratch),
+            )
+            built = entry.build(plugin, ctx)
+            with built.running():
+                pass  # evicts a @CrewBase instance, as after a run
+        facts = built.report()
+        if facts["model_overrides"]:
+            result["notes"].append(
+                "the crew names models (" + ", ".join(facts["model_overrides"]) + "); "
+                "the framework's model replaces them"
+            )
+        if facts["memory_disabled"]:
+            result["notes"].append("crew memory is turned off in workers (it would keep users' data)")
+        result["ok"] = True
+    except PluginError as exc:
+        result["problems"] = [asdict(p) for p in exc.problems]
+    except PermanentError as exc:
+        result["problems"] = [_problem(str(folder / "plugin.yaml"), str(exc), "entry_point")]
+    except Exception as exc:  # plugin code: any failure is this plugin's problem
+        where = _origin(folder, exc)
+        at = f" (at {where})" if where else ""
+        message = f"building the crew failed: {type(exc).__name__}: {exc}{at}"
+        result["problems"] = [_problem(str(folder / "plugin.yaml"), message, "entry_point")]
+    return result
+
+
+def _read_result(fd: int, deadline: float) -> bytes | None:
+    chunks: list[bytes] = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            return None
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _forked(folder: Path, timeout: float) -> dict[str, Any]:
+    from app.execution import runtime
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: silence the plugin, build, report, exit without cleanup handlers
+        code = 0
+        try:
+            os.close(read_fd)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            runtime.after_fork()
+            os.write(write_fd, json.dumps(_build(folder)).encode())
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    try:
+        data = _read_result(read_fd, time.monotonic() + timeout)
+    finally:
+        os.close(read_fd)
+    if data is None:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    if data is None:
+        return _failed(folder, f"importing and building the crew took longer than {timeout:g} s")
+    if not data:
+        return _failed(folder, "the build check died while building the crew (the plugin exited or crashed)")
+    return dict(json.loads(data))
+
+
+def _failed(folder: Path, message: str) -> dict[str, Any]:
+    problem = _problem(str(folder / "plugin.yaml"), message, "entry_point")
+    return {"folder": str(folder), "plugin": folder.name, "ok": False, "notes": [], "problems": [problem]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check every folder given; print one result line each."""
+    parser = argparse.ArgumentParser(prog="python -m app.execution.dryrun")
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("folders", nargs="*", type=Path)
+    args = parser.parse_args(argv)
+    from app.execution import runtime
+
+    runtime.prepare()
+    for folder in args.folders:
+        result = _forked(folder, args.timeout)
+        sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

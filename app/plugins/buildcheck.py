@@ -1,0 +1,119 @@
+"""Check that each plugin's crew builds, from a process that must not import CrewAI.
+
+``plugins validate`` and ``release`` call :func:`check_builds`; it runs
+:mod:`app.execution.dryrun` in a subprocess (CrewAI is imported there, and
+each plugin is built in a forked child with a time limit), in a scratch
+current directory so nothing a plugin writes at import time lands in the
+caller's. Guarantees: one :class:`BuildResult` per plugin asked about; a
+plugin the subprocess never reported on (it crashed, or the whole check ran
+out of time) gets a problem saying so. :class:`BuildCheckError` means the
+check itself could not run (the deploy must stop, not skip the check).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from app.errors import FirstSipError, Problem
+
+if TYPE_CHECKING:
+    from app.plugins.registry import Plugin, Registry
+
+#: Must equal ``app.execution.dryrun.RESULT_PREFIX`` (not imported: that module is the child's).
+RESULT_PREFIX = "FIRST-SIP-BUILD-CHECK "
+#: Seconds the subprocess may spend importing CrewAI before the first plugin.
+STARTUP_SECONDS = 120.0
+
+
+class BuildCheckError(FirstSipError):
+    """The build check subprocess could not run at all."""
+
+
+@dataclass
+class BuildResult:
+    """Whether one plugin's crew builds; its problems, and notes (what the framework overrides)."""
+
+    plugin: str
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the crew built with no problem."""
+        return not self.problems
+
+
+def _environment(scratch: str) -> dict[str, str]:
+    from app.execution.runtime import CREWAI_ENV_DEFAULTS  # a constant; imports no CrewAI
+
+    env = {**CREWAI_ENV_DEFAULTS, **os.environ}
+    # CrewAI makes storage folders under the user's data dir when a crew is built (memory):
+    # keep them in the scratch folder, removed with it.
+    env["XDG_DATA_HOME"] = str(Path(scratch) / "data")
+    # The child must import this checkout's ``app`` whatever its current directory is.
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _parse(stdout: str) -> dict[str, dict[str, object]]:
+    results = {}
+    for line in stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            data = json.loads(line[len(RESULT_PREFIX) :])
+            results[str(data["folder"])] = data
+    return results
+
+
+def _result(name: str, data: dict[str, object] | None, folder: Path, why_missing: str) -> BuildResult:
+    if data is None:
+        return BuildResult(name, [Problem(str(folder / "plugin.yaml"), "entry_point", why_missing)])
+    problems = [Problem(**p) for p in data.get("problems") or []]  # type: ignore[attr-defined]
+    return BuildResult(name, problems, list(data.get("notes") or []))  # type: ignore[call-overload]
+
+
+def check_builds(plugins: list[Plugin], *, timeout: float) -> dict[str, BuildResult]:
+    """Build every plugin's crew in a subprocess, ``timeout`` seconds each; results by plugin name."""
+    if not plugins:
+        return {}
+    folders = {str(p.folder.resolve()): p for p in plugins}
+    command = [sys.executable, "-m", "app.execution.dryrun", "--timeout", str(timeout), *folders]
+    limit = STARTUP_SECONDS + (timeout + 5) * len(plugins)
+    with tempfile.TemporaryDirectory(prefix="first-sip-build-check-") as scratch:
+        try:
+            proc = subprocess.run(
+                command, cwd=scratch, env=_environment(scratch), capture_output=True, text=True, timeout=limit
+            )
+            stdout, why = proc.stdout, f"the build check exited with status {proc.returncode}"
+            if proc.returncode != 0 and RESULT_PREFIX not in stdout:
+                tail = " ".join(proc.stderr.strip().splitlines()[-3:])
+                raise BuildCheckError(f"the build check could not run: {tail or why}")
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout
+            stdout = out.decode() if isinstance(out, bytes) else (out or "")
+            why = f"the build check as a whole took longer than {limit:g} s"
+        except OSError as exc:
+            raise BuildCheckError(f"the build check could not start: {exc}") from exc
+    found = _parse(stdout)
+    return {p.name: _result(p.name, found.get(key), p.folder, why) for key, p in folders.items()}
+
+
+def check_registry(registry: Registry, *, timeout: float) -> list[str]:
+    """Build every loaded plugin's crew; reject those that fail (into ``registry.problems``).
+
+    Returns notes worth printing (e.g. a model a crew names that the framework replaced).
+    """
+    results = check_builds(sorted(registry.plugins.values(), key=lambda p: p.name), timeout=timeout)
+    notes: list[str] = []
+    for name, result in sorted(results.items()):
+        notes.extend(f"note: {name}: {note}" for note in result.notes)
+        if not result.ok:
+            registry.reject(name, result.problems)
+    return notes
