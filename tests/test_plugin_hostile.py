@@ -167,10 +167,21 @@ def test_yaml_11_words_are_strings() -> None:
     assert manifest.description == "yes" and manifest.owner == "off"
 
 
+GOOD_CREW = """
+from crewai import Agent, Crew, Task
+
+
+def build_crew(ctx):
+    agent = Agent(role="Greeter", goal="Greet", backstory="Polite.", llm=ctx.llm)
+    task = Task(description="Say hello.", expected_output="A greeting.", agent=agent)
+    return ctx.plan(Crew(agents=[agent], tasks=[task]), {})
+"""
+
+
 def test_validate_sync_and_release_with_every_broken_plugin(db, redis_client, make_plugin, setenv) -> None:  # type: ignore[no-untyped-def]
     for name in CASES:
         _write_case(make_plugin, name)
-    make_plugin("good-one")
+    make_plugin("good-one", crew=GOOD_CREW)  # validate and release build it
     root = str(make_plugin.root)
 
     validated = runner.invoke(cli, ["plugins", "validate", "--plugins-dir", root])
