@@ -75,3 +75,11 @@ class TransientError(FirstSipError):
 
 class PermanentError(FirstSipError):
     """A failure that a retry would only repeat (plugin bug, invalid input or output)."""
+
+
+class CallRefused(FirstSipError):
+    """A per-run gate refused an LLM call, provider request or tool call before it was made."""
+
+
+class RunStopped(CallRefused):
+    """The framework gave up on the run (time limit, cancellation): its crew may call nothing more."""

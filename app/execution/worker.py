@@ -144,7 +144,8 @@ def _run(claimed: runs.ClaimedRun, settings: Settings) -> Finish:
         plugin = find_plugin(claimed.plugin, settings.plugins_dir)
         crew_folder = entry_point_file(plugin)[0].parent
         effective = validate_settings(plugin, claimed.input)
-        llm = make_llm(settings)
+        timeout = settings.run_timeout(plugin.manifest.timeout_seconds)
+        llm = make_llm(settings, run_timeout=timeout)
     except SettingsValidationError as exc:
         issues = "; ".join(str(issue) for issue in exc.errors)
         return _fail(lease, f"invalid input for plugin {claimed.plugin}: {issues}")
@@ -159,7 +160,6 @@ def _run(claimed: runs.ClaimedRun, settings: Settings) -> Finish:
         crew_folder=crew_folder,
     )
     job = CrewJob(plugin, ctx, model_name(settings))
-    timeout = settings.run_timeout(plugin.manifest.timeout_seconds)
     log.info("running crew (time limit %s s)", timeout)
     verdict = supervise(job, lease=lease, timeout=timeout)
     if verdict is Verdict.TIMED_OUT:
