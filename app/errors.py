@@ -83,3 +83,11 @@ class CallRefused(FirstSipError):
 
 class RunStopped(CallRefused):
     """The framework gave up on the run (time limit, cancellation): its crew may call nothing more."""
+
+
+class RunFailed(FirstSipError):
+    """Raised by ``execute_run`` when its run failed, so Celery and Flower show FAILURE with the error."""
+
+
+class RetryScheduled(FirstSipError):
+    """Carried by the Celery ``Retry`` of a run whose next attempt is scheduled (Flower shows RETRY)."""
