@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, cast, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, literal_column, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -120,7 +120,7 @@ def _with_attempt(session: Session, values: dict[str, Any], entry: dict[str, Any
     column = _RUNS.c.attempt_log
     appended: Any
     if session.get_bind().dialect.name == "postgresql":
-        appended = func.coalesce(column, cast("[]", JSONB)).op("||", return_type=JSONB)(
+        appended = func.coalesce(column, literal_column("'[]'::jsonb", JSONB)).op("||", return_type=JSONB)(
             bindparam("attempt_entry", [entry], type_=JSONB)
         )
     else:  # SQLite: JSON is text; '$[#]' appends
