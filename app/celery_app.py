@@ -94,8 +94,9 @@ def _check_worker(**_: Any) -> None:
     # the worker's main process; pool children reset what they inherit: runtime.after_fork).
     problem = startup_problem(get_settings())
     if problem:
+        # One line (the log record; Python prints it plainly if logging is not set up yet), exit 1.
         logging.getLogger(__name__).critical("refusing to start the worker: %s", problem)
-        raise SystemExit(f"refusing to start the worker: {problem}")
+        raise SystemExit(1)
 
 
 @signals.worker_process_init.connect

@@ -28,6 +28,8 @@ This module imports CrewAI only inside :func:`make_llm` and
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
 from app.config import Settings, get_settings
@@ -106,6 +108,10 @@ def startup_problem(settings: Settings) -> str | None:
     problem = llm_problem(settings)
     if problem or not settings.llm_model:
         return problem
+    crewai_log = logging.getLogger("crewai")
+    level = crewai_log.level
+    # CrewAI logs its own multi-line advice before raising; our one line replaces it.
+    crewai_log.setLevel(logging.CRITICAL)
     try:
         llm = make_llm(settings)
         build_client = getattr(llm, "_get_sync_client", None)
@@ -113,6 +119,8 @@ def startup_problem(settings: Settings) -> str | None:
             build_client()  # where the provider classes look for their API key
     except Exception as exc:  # anything CrewAI raises here means every run would fail
         return construction_problem(settings.llm_model, exc)
+    finally:
+        crewai_log.setLevel(level)
     return None
 
 
@@ -146,7 +154,8 @@ def construction_problem(model: str, exc: BaseException) -> str:
 
 
 def _key_hint(text: str, prefix: str) -> str:
-    variable = next((word for word in text.replace(".", " ").split() if word.endswith("_API_KEY")), None)
+    match = re.search(r"\b[A-Z][A-Z0-9_]*_API_KEY\b", text)
+    variable = match.group(0) if match else None
     if variable:
         return f"{variable} is not set: the {prefix} provider needs it in the worker's environment"
     return redact(f"the {prefix} provider has no API key: {text}")

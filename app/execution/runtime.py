@@ -107,7 +107,10 @@ def _patch_crewai() -> None:
     2. CrewAI's named locks go through ``REDIS_URL`` when it is set: keys
        outside our prefix, and one lock shared by every worker on every host
        with the same home path. Our locks are per process.
-    3. Every ``BaseLLM.call`` runs inside CrewAI's own rate-limit retry loop
+    3. CrewAI's console panels (an "LLM Error" box on stdout for every failed
+       call, until the first Crew switches them off) are off: the worker logs
+       each outcome once, in its own format.
+    4. Every ``BaseLLM.call`` runs inside CrewAI's own rate-limit retry loop
        (3 tries, sleeping the provider's Retry-After): a 429 would cost three
        requests per call and keep the crew asleep past our time limit. The
        framework's attempts are the retry policy, so the loop makes one try.
@@ -123,6 +126,9 @@ def _patch_crewai() -> None:
         raise RuntimeError("CrewAI changed: Crew._task_output_handler is gone; review app/execution/runtime")
     private.default_factory = _DiscardTaskOutputs
     lock_store.set_lock_backend(_process_lock)
+    from crewai.events.event_listener import event_listener
+
+    event_listener.formatter.verbose = False
     from crewai.llms import retry
 
     if not hasattr(retry, "_LLM_RATE_LIMIT_MAX_ATTEMPTS"):
