@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.errors import ConfigurationError
@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     llm_max_retries: int = Field(default=0, ge=0, le=5, alias="FIRST_SIP_LLM_MAX_RETRIES")
     #: Ask the provider for streamed answers (usage still recorded: stream_options.include_usage).
     llm_stream: bool = Field(default=False, alias="FIRST_SIP_LLM_STREAM")
+    #: An OpenAI-compatible server for ``openai/<model>`` (the OpenAI SDK's own variables). Passed to
+    #: CrewAI explicitly, so a model name OpenAI does not publish is accepted for such a server.
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "OPENAI_API_BASE")
+    )
 
     # Execution.
     default_run_timeout_seconds: int = Field(default=600, ge=1)
@@ -112,6 +117,15 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, value: str) -> str:
         if not re.match(r"^(redis|rediss|unix)://", value):
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("OPENAI_BASE_URL must be an http:// or https:// URL")
         return value
 
     @field_validator("redis_key_prefix")

@@ -94,6 +94,9 @@ def make_llm(settings: Settings | None = None, *, run_timeout: float | None = No
         }
         if settings.llm_stream:
             options["stream"] = True
+        if settings.openai_base_url and provider_name(settings).lower() == "openai":
+            # Explicit, not just in the environment: CrewAI then accepts any model name for it.
+            options["base_url"] = settings.openai_base_url
         return LLM(model=settings.llm_model, **options)
     from app.execution.offline_llm import OfflineLLM
 

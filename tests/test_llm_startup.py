@@ -124,3 +124,18 @@ def test_llm_check_on_the_offline_model_says_so(setenv: Any) -> None:
     result = CliRunner().invoke(cli, ["llm", "check"])
     assert result.exit_code == 0, result.output
     assert "offline/extractive (the offline development model; no provider was called)" in result.output
+
+
+def test_any_model_name_works_with_an_openai_compatible_server(setenv: Any) -> None:
+    with LLMServer(model="local-llama-3.1-8b") as server:
+        setenv(**server.env(api_key=KEY))
+        result = CliRunner().invoke(cli, ["llm", "check"])
+        assert result.exit_code == 0, result.output
+        assert [r.model for r in server.completions()] == ["local-llama-3.1-8b"]
+
+
+def test_a_base_url_that_is_not_http_is_refused(setenv: Any) -> None:
+    setenv(FIRST_SIP_LLM_MODEL="openai/gpt-4o-mini", OPENAI_BASE_URL="ftp://models.example")
+    result = CliRunner().invoke(cli, ["llm", "check"])
+    assert result.exit_code == 2
+    assert "OPENAI_BASE_URL must be an http:// or https:// URL" in result.output
