@@ -5,8 +5,8 @@ Guarantees: :func:`check` constructs the LLM exactly as the worker does
 sends one short prompt and reports the model, the provider's answer, the
 latency and the token usage the provider reported; any failure becomes a
 :class:`LLMCheckFailed` whose message is the one line a run's error would
-show (model, host, HTTP status; never a key). Imports CrewAI (only this
-command of the CLI does).
+show (model, host, HTTP status; never a key). Imports CrewAI, like the
+worker.
 """
 
 from __future__ import annotations

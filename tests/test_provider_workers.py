@@ -1,6 +1,6 @@
-"""Streaming answers (``FIRST_SIP_LLM_STREAM=true``) through a real worker and CrewAI's OpenAI provider.
+"""Workers of their own against the test LLM server: streaming answers, and a prefork pool.
 
-Its own module: its worker must be the only one consuming the runs queue.
+Their own module: each test's worker must be the only one consuming the runs queue.
 """
 
 from __future__ import annotations
@@ -41,3 +41,16 @@ def test_a_streaming_run_records_the_usage_chunk(
     assert row.output is not None
     assert {k: row.output["token_usage"][k] for k in sent} == sent
     assert row.total_tokens == sent["total_tokens"] > 0
+
+
+def test_a_prefork_worker_checks_the_llm_in_its_parent_and_runs_crews_in_children(
+    server: LLMServer, db: str, redis_session: redis.Redis
+) -> None:
+    with celery_worker(pool="prefork", concurrency=2, env=worker_env(server)):
+        run_ids = [chain_run(2) for _ in range(3)]
+        for run_id in run_ids:
+            dispatch(run_id)
+        rows = [wait_for(run_id) for run_id in run_ids]
+    assert all(row.status == RunStatus.COMPLETED for row in rows), [r.error_message for r in rows]
+    assert server.count() == 6
+    assert sum(row.total_tokens for row in rows) == server.usage_sent()["total_tokens"]
