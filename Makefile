@@ -62,6 +62,7 @@ bench: venv services
 	$(BIN)/python -m bench.bench_pipeline
 	$(BIN)/python -m bench.bench_execution
 	$(BIN)/python -m bench.bench_crewbase
+	$(BIN)/python -m bench.bench_attempt_cost
 
 # The full chaos run: 2,000 runs under worker/consumer/beat kills, a PostgreSQL restart and a Redis flush.
 chaos: venv services

@@ -13,7 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ from app.errors import (
     PluginDisabledError,
     RunStateError,
 )
+from app.execution import attempts
 from app.plugins.jsonsafe import clip
 from app.plugins.names import PLUGIN_NAME_RE
 from app.plugins.settings import spec_from_row, validate_settings
@@ -91,6 +92,10 @@ class RunInfo:
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+    #: One entry per ended attempt (outcome, times, error, token usage), oldest first.
+    attempt_log: list[dict[str, Any]] = field(default_factory=list)
+    #: Token usage summed over every attempt, failed ones included.
+    total_usage: dict[str, int] = field(default_factory=dict)
 
     @property
     def is_terminal(self) -> bool:
@@ -160,6 +165,8 @@ def _run_info(run: PluginRun, plugin: str) -> RunInfo:
         created_at=run.created_at,
         started_at=run.started_at,
         completed_at=run.completed_at,
+        attempt_log=list(run.attempt_log or []),
+        total_usage=attempts.totals(run.attempt_log),
     )
 
 

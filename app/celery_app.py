@@ -87,14 +87,17 @@ def _check_worker(**_: Any) -> None:
     import logging
 
     from app.execution import runtime, workdir
-    from app.llm import llm_problem
+    from app.llm import startup_problem
 
     settings = get_settings()
-    problem = llm_problem(settings)
-    if problem:
-        logging.getLogger(__name__).critical("refusing to start the worker: %s", problem)
-        raise SystemExit(f"refusing to start the worker: {problem}")
     runtime.configure_environment()
+    # Construct the configured LLM and its client as a run would (this imports CrewAI here, in
+    # the worker's main process; pool children reset what they inherit: runtime.after_fork).
+    problem = startup_problem(settings)
+    if problem:
+        # One line (the log record; Python prints it plainly if logging is not set up yet), exit 1.
+        logging.getLogger(__name__).critical("refusing to start the worker: %s", problem)
+        raise SystemExit(1)
     # Run folders a killed worker left behind (older than any run may last) hold users' files.
     workdir.sweep(settings.run_workdir_root, older_than=2 * settings.max_run_timeout_seconds)
 

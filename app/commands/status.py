@@ -19,7 +19,7 @@ def _fmt_seconds(value: float | None) -> str:
 
 @guarded
 def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Per plugin: stream, pending, oldest pending idle, group lag, dead letters, runs, schedule lag."""
+    """Per plugin: stream, pending, oldest idle, group lag, dead letters, schedule lag, tokens, runs."""
     from app.status import pipeline_status
 
     rows = pipeline_status()
@@ -28,7 +28,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         return
     header = (
         f"{'plugin':<24} {'stream':>6} {'pending':>7} {'oldest':>6} {'lag':>5} {'dead':>5} "
-        f"{'sched lag':>9}  runs (24h)"
+        f"{'sched lag':>9} {'tokens 24h':>10}  runs (24h)"
     )
     typer.echo(header)
     for r in rows:
@@ -38,7 +38,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         typer.echo(
             f"{name:<24} {r.stream_length:>6} {r.pending:>7} "
             f"{_fmt_seconds(r.oldest_pending_idle_seconds):>6} "
-            f"{lag:>5} {r.dead_letters:>5} {_fmt_seconds(r.schedule_lag_seconds):>9}  {runs}"
+            f"{lag:>5} {r.dead_letters:>5} {_fmt_seconds(r.schedule_lag_seconds):>9} "
+            f"{r.tokens_24h:>10}  {runs}"
         )
         if r.redis_error:
             typer.echo(f"  redis: {r.redis_error}", err=True)

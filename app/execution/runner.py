@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from app.execution import entry, trace, workdir
+from app.execution import entry, gates, inner_retries, trace, workdir
 from app.execution.contract import CrewContext
 from app.execution.lease import Lease, LeaseState
 from app.execution.outcome import shape_output
@@ -55,9 +55,11 @@ class CrewJob:
     thread: threading.Thread | None = field(default=None, repr=False)
 
     def _execute(self, started: float) -> dict[str, Any]:
-        with trace.collecting() as run_trace:
+        # Every LLM request and tool call of this thread passes the run's gates (app.execution.gates).
+        with trace.collecting() as run_trace, gates.bound(self.ctx):
             built = entry.build(self.plugin, self.ctx)
             plan = built.plan
+            inner_retries.turn_down(plan.crew)  # our attempts are the retry policy
             with built.running():
                 result = plan.crew.kickoff(inputs=plan.inputs)
             trace.settle()

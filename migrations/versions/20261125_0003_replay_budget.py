@@ -4,8 +4,8 @@ A replayed run gets its own retry budget (attempts - attempts_base), and every
 replay keeps the status and error it replaced.
 
 Revision ID: 0003
-Revises: 0001
-Create Date: 2026-12-01 00:00:00
+Revises: 0002
+Create Date: 2026-11-25 16:00:00
 """
 
 from collections.abc import Sequence
@@ -15,7 +15,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0003"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
