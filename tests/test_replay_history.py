@@ -27,7 +27,7 @@ from app.db.engine import session_scope
 from app.db.models import RunStatus
 from app.errors import TransientError
 from app.execution.lease import Lease
-from app.execution.worker import RETRY_SCHEDULED, _failure
+from app.execution.worker import RETRY_SCHEDULED, Attempt, _failure
 from app.outbox import sweep
 from app.redis_client import get_redis
 from app.streams import dlq, keys
@@ -128,7 +128,8 @@ def test_a_replayed_run_gets_its_own_retry_budget(db, redis_client: redis.Redis)
     assert claimed is not None and claimed.attempt == settings.max_attempts + 1  # the fence still grows
     assert claimed.base == settings.max_attempts
     lease = Lease(run_id, attempt=claimed.attempt, lease_seconds=60, base=claimed.base)
-    finish = _failure(lease, TransientError("provider hiccup"), settings)
+    attempt = Attempt(lease, claimed.started_at, "offline/extractive")
+    finish = _failure(attempt, TransientError("provider hiccup"), settings)
     assert finish.status == RETRY_SCHEDULED  # try 1 of a fresh budget, not "gave up"
     row = run_row(run_id)
     assert row.status == RunStatus.PENDING and f"attempt 1/{settings.max_attempts}" in (
