@@ -167,8 +167,8 @@ def test_runs_show_and_status_report_per_attempt_and_total_tokens(db: str) -> No
     assert "tokens 51 (prompt 49, completion 2, 2 requests) over 2 attempt(s)" in shown.output
     assert "attempt 1: retry" in shown.output and "HTTP 429 rate limited" in shown.output
     assert "attempt 2: completed" in shown.output
-    as_json = json.loads(runner.invoke(cli, ["runs", "show", str(run_id), "--json"]).output)
+    as_json = json.loads(runner.invoke(cli, ["runs", "show", str(run_id), "--json"]).stdout)
     assert [e["total_tokens"] for e in as_json["attempt_log"]] == [11, 40]
     assert as_json["total_usage"]["total_tokens"] == 51
-    status = json.loads(runner.invoke(cli, ["status", "--json"]).output)
+    status = json.loads(runner.invoke(cli, ["status", "--json"]).stdout)
     assert {row["plugin"]: row["tokens_24h"] for row in status}[plugin] == 51

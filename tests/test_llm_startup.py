@@ -96,7 +96,8 @@ def test_llm_check_makes_one_request_and_prints_model_latency_and_tokens(server:
     assert result.output.startswith("model openai/gpt-4o-mini: answered in ")
     tokens, prompt, completion = sent["total_tokens"], sent["prompt_tokens"], sent["completion_tokens"]
     assert f"tokens {tokens} (prompt {prompt}, completion {completion})" in result.output
-    as_json = json.loads(CliRunner().invoke(cli, ["llm", "check", "--json"]).output)
+    checked = CliRunner().invoke(cli, ["llm", "check", "--json"])
+    as_json = json.loads(checked.stdout)  # stdout only: a warning on stderr must not break the JSON
     assert as_json["model"] == "openai/gpt-4o-mini" and as_json["total_tokens"] == sent["total_tokens"]
     assert as_json["latency_seconds"] > 0
 
