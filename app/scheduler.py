@@ -104,46 +104,104 @@ def _due_batch(session: Session, *, now: datetime, limit: int) -> list[_Due]:
     ]
 
 
-def _plan(
-    item: _Due, *, now: datetime, grace: timedelta, report: TickReport
-) -> tuple[dict[str, Any] | None, Any]:
-    """Decide one due config: (run row or None, new next_run_at or a disable reason string)."""
-    capabilities = item.plugin.capabilities or []
-    if "scheduled" not in capabilities:
-        return None, None  # never scheduled; clear next_run_at
-    spec = item.spec
-    try:
-        if item.fingerprint == item.plugin.schema_fingerprint:
-            effective = effective_settings(spec, item.settings)  # validated against this schema at save
-        else:
-            effective = validate_settings(spec, item.settings)
-        schedule = parse_schedule(effective, item.timezone)
-    except (SettingsValidationError, ScheduleError) as exc:
-        return None, f"settings no longer valid for {item.plugin.name} {item.plugin.version}: {exc}"
-    slot, coalesced = latest_slot(schedule, due=item.next_run_at, now=now)
-    report.coalesced += coalesced
-    following = next_after(schedule, now)
-    if now - slot > grace:
-        report.skipped_stale += 1
-        return None, following
-    row = {
-        "run_id": uuid.uuid4(),
-        "user_id": item.user_id,
-        "plugin_id": item.plugin.id,
-        "config_id": item.config_id,
-        "trigger": Trigger.SCHEDULE.value,
-        "scheduled_for": slot,
-        "status": RunStatus.PENDING.value,
-        "input": effective,
-    }
-    return row, following
+#: What a schedule decides for every config sharing it: (slot, slots coalesced, following slot).
+_Slots = tuple[datetime, int, datetime]
+#: Bound on remembered schedules per tick (a rush has a handful; a catch-up after a long outage
+#: can have one per config, and the cache must not grow with it).
+_MAX_CACHED_SCHEDULES = 10_000
+
+
+class _Planner:
+    """Decides due configs for one tick; work that depends only on the schedule is done once.
+
+    In the 06:00 rush a million configs share a few (time zone, preferred time,
+    frequency, weekday, due time) combinations, and the slot arithmetic in the
+    user's zone (DST rules included) was a quarter of the tick's CPU. Within one
+    tick ``now`` is fixed, so equal inputs give equal slots: they are computed
+    once per combination. Likewise each plugin's defaults are merged once per
+    batch instead of once per config.
+    """
+
+    def __init__(self, *, now: datetime, grace: timedelta, report: TickReport) -> None:
+        self.now, self.grace, self.report = now, grace, report
+        self._slots: dict[tuple[Any, ...], _Slots | str] = {}
+        self._defaults: dict[tuple[int, str], dict[str, Any]] = {}
+
+    def _effective(self, item: _Due) -> dict[str, Any]:
+        if item.fingerprint != item.plugin.schema_fingerprint:
+            return validate_settings(item.spec, item.settings)  # saved under another schema: check again
+        # Validated against this schema when saved. Same result as effective_settings(spec,
+        # settings) without copying the defaults for every config: the dict is only serialised.
+        key = (item.plugin.id, item.plugin.schema_fingerprint)
+        defaults = self._defaults.get(key)
+        if defaults is None:
+            defaults = self._defaults[key] = effective_settings(item.spec, None)
+        return {**defaults, **item.settings}
+
+    def _slots_for(self, effective: dict[str, Any], item: _Due) -> _Slots | str:
+        key: tuple[Any, ...] | None = (
+            item.timezone,
+            effective.get("frequency"),
+            effective.get("preferred_time"),
+            effective.get("weekday"),
+            item.next_run_at,
+        )
+        try:
+            cached = self._slots.get(key)  # type: ignore[arg-type]
+        except TypeError:  # a value the schema let through is not hashable: compute, do not cache
+            cached, key = None, None
+        if cached is not None:
+            return cached
+        try:
+            schedule = parse_schedule(effective, item.timezone)
+            slot, coalesced = latest_slot(schedule, due=item.next_run_at, now=self.now)
+            result: _Slots | str = (slot, coalesced, next_after(schedule, self.now))
+        except ScheduleError as exc:
+            result = str(exc)
+        if key is not None:
+            if len(self._slots) >= _MAX_CACHED_SCHEDULES:
+                self._slots.clear()
+            self._slots[key] = result
+        return result
+
+    def plan(self, item: _Due) -> tuple[dict[str, Any] | None, Any]:
+        """Decide one due config: (run row or None, new next_run_at or a disable reason string)."""
+        capabilities = item.plugin.capabilities or []
+        if "scheduled" not in capabilities:
+            return None, None  # never scheduled; clear next_run_at
+        reason = f"settings no longer valid for {item.plugin.name} {item.plugin.version}"
+        try:
+            effective = self._effective(item)
+        except SettingsValidationError as exc:
+            return None, f"{reason}: {exc}"
+        slots = self._slots_for(effective, item)
+        if isinstance(slots, str):
+            return None, f"{reason}: {slots}"
+        slot, coalesced, following = slots
+        self.report.coalesced += coalesced
+        if self.now - slot > self.grace:
+            self.report.skipped_stale += 1
+            return None, following
+        row = {
+            "run_id": uuid.uuid4(),
+            "user_id": item.user_id,
+            "plugin_id": item.plugin.id,
+            "config_id": item.config_id,
+            "trigger": Trigger.SCHEDULE.value,
+            "scheduled_for": slot,
+            "status": RunStatus.PENDING.value,
+            "input": effective,
+        }
+        return row, following
 
 
 def _schedule_batch(
-    *, now: datetime, limit: int, grace: timedelta, report: TickReport
+    *, now: datetime, limit: int, grace: timedelta, report: TickReport, planner: _Planner | None = None
 ) -> tuple[int, list[RunRef]]:
     """Lock, plan and commit one batch; returns (configs handled, the runs created)."""
+    planner = planner or _Planner(now=now, grace=grace, report=report)
     with session_scope() as session:
+        bulk.plan_for_this_batch(session)
         due = _due_batch(session, now=now, limit=limit)
         if not due:
             return 0, []
@@ -151,7 +209,7 @@ def _schedule_batch(
         advances: list[dict[str, Any]] = []
         disables: list[dict[str, Any]] = []
         for item in due:
-            row, outcome = _plan(item, now=now, grace=grace, report=report)
+            row, outcome = planner.plan(item)
             if isinstance(outcome, str):
                 disables.append({"cid": item.config_id, "reason": outcome})
                 log.warning("config disabled", extra={"config_id": item.config_id, "reason": outcome})
@@ -183,8 +241,9 @@ def schedule_due(*, now: datetime | None = None, batch_size: int | None = None) 
     limit = batch_size or settings.scheduler_batch_size
     grace = timedelta(seconds=settings.catchup_grace_seconds)
     report = TickReport()
+    planner = _Planner(now=now, grace=grace, report=report)
     while True:
-        handled, refs = _schedule_batch(now=now, limit=limit, grace=grace, report=report)
+        handled, refs = _schedule_batch(now=now, limit=limit, grace=grace, report=report, planner=planner)
         if not handled:
             break
         report.batches += 1

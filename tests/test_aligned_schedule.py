@@ -74,7 +74,9 @@ def test_downtime_across_many_boundaries_fires_once() -> None:
 
 
 @pytest.mark.parametrize(("every", "boundaries"), [(60, (0,)), (15, (0, 15, 30, 45)), (1, range(60))])
-def test_intervals_dividing_a_minute_put_a_tick_on_every_whole_minute(every: float, boundaries: range) -> None:
+def test_intervals_dividing_a_minute_put_a_tick_on_every_whole_minute(
+    every: float, boundaries: range
+) -> None:
     clock = Clock(T0 + timedelta(seconds=0.5))
     sched = _schedule(clock, every)
     seen: set[int] = set()
