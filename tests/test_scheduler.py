@@ -1,4 +1,4 @@
-"""The beat tick against real PostgreSQL and Redis, with an injected clock."""
+"""The beat tick against real PostgreSQL (and SQLite, the embedded default) and Redis, with an injected clock."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ T0 = datetime(2026, 5, 1, 6, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def plugin(db, redis_client, make_plugin):  # type: ignore[no-untyped-def]
+def plugin(on_both_databases, redis_client, make_plugin):  # type: ignore[no-untyped-def]
     make_plugin("sched-plugin")
     make_plugin("manual-only", capabilities=["manual"])
     with session_scope() as session:
