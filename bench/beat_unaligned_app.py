@@ -13,4 +13,6 @@ from app.config import get_settings
 
 __all__ = ["celery_app"]
 
-celery_app.conf.beat_schedule["schedule-due-runs"]["schedule"] = schedule(get_settings().scheduler_tick_seconds)
+celery_app.conf.beat_schedule["schedule-due-runs"]["schedule"] = schedule(
+    get_settings().scheduler_tick_seconds
+)

@@ -60,7 +60,14 @@ def _populate(url: str, *, configs: int, minutes: list[datetime]) -> None:
                 " schema_fingerprint, enabled, next_run_at)"
                 " SELECT u.id, %(pid)s, CAST(%(settings)s AS jsonb), %(ver)s, %(fp)s, true, %(due)s"
                 " FROM users u WHERE u.email LIKE 'm' || %(i)s || '-%%'",
-                {"pid": plugin_id, "settings": settings, "ver": version, "fp": fingerprint, "due": minute, "i": i},
+                {
+                    "pid": plugin_id,
+                    "settings": settings,
+                    "ver": version,
+                    "fp": fingerprint,
+                    "due": minute,
+                    "i": i,
+                },
             )
 
 
@@ -113,9 +120,13 @@ def main() -> None:
                 )
             )
             schedule_file = logs / f"{variant}-beat-schedule"
-            procs.append(_start(f"{variant}-beat", [*celery, "beat", f"--schedule={schedule_file}"], env, logs))
+            procs.append(
+                _start(f"{variant}-beat", [*celery, "beat", f"--schedule={schedule_file}"], env, logs)
+            )
         wait = (minutes[-1] + timedelta(seconds=45) - datetime.now(UTC)).total_seconds()
-        print(f"configs due at {', '.join(f'{m:%H:%M}' for m in minutes)} UTC; waiting {wait:.0f} s", flush=True)
+        print(
+            f"configs due at {', '.join(f'{m:%H:%M}' for m in minutes)} UTC; waiting {wait:.0f} s", flush=True
+        )
         time.sleep(max(wait, 0))
         for proc in procs:
             proc.terminate()

@@ -126,7 +126,9 @@ def using_database(url: str) -> Iterator[str]:
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
-def on_both_databases(request: pytest.FixtureRequest, pg_database: str, sqlite_database: str) -> Iterator[str]:
+def on_both_databases(
+    request: pytest.FixtureRequest, pg_database: str, sqlite_database: str
+) -> Iterator[str]:
     """Run the test on PostgreSQL, then on SQLite (the embedded default), tables emptied first.
 
     Each hot write has a statement per dialect (app/db/bulk.py, app/db/runs.py): this is what

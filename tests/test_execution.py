@@ -17,6 +17,7 @@ import redis
 from app.db import runs
 from app.db.engine import session_scope
 from app.db.models import RunStatus, utcnow
+from tests.conftest import using_database
 from tests.plugins.harness import (
     PLUGINS_DIR,
     dispatch,
@@ -30,7 +31,6 @@ from tests.plugins.harness import (
     wait_for_record,
     wait_until_past,
 )
-from tests.conftest import using_database
 from tests.processes import ManagedProcess, celery_worker, worker_args
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The beat tick against real PostgreSQL (and SQLite, the embedded default) and Redis, with an injected clock."""
+"""The beat tick on real PostgreSQL and SQLite (the embedded default) and Redis, with an injected clock."""
 
 from __future__ import annotations
 
