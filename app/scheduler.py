@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db import bulk
-from app.db.engine import session_scope
+from app.db.engine import get_engine, session_scope
 from app.db.models import PluginRow, RunStatus, Trigger, User, UserPluginConfig, utcnow
 from app.errors import SettingsValidationError
 from app.plugins.settings import SettingsSpec, effective_settings, spec_from_row, validate_settings
@@ -51,11 +52,15 @@ class TickReport:
     published: int = 0
     republished: int = 0
     batches: int = 0
-    errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
         """Counters only (JSON-friendly)."""
-        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+        return dict(self.__dict__)
+
+    def add(self, other: TickReport) -> None:
+        """Add ``other``'s counters to these (a tick's threads each keep their own)."""
+        for name, value in other.__dict__.items():
+            setattr(self, name, getattr(self, name) + value)
 
 
 @dataclass(frozen=True)
@@ -234,25 +239,52 @@ def _schedule_batch(
     return len(due), refs
 
 
-def schedule_due(*, now: datetime | None = None, batch_size: int | None = None) -> TickReport:
-    """Create and publish runs for every due schedule, batch by batch, until none is due."""
+def _drain(*, now: datetime, limit: int, grace: timedelta, report: TickReport, once: bool = False) -> bool:
+    """Batches until one comes back short (or just one if ``once``); True if the last one was full."""
+    planner = _Planner(now=now, grace=grace, report=report)
+    while True:
+        handled, refs = _schedule_batch(now=now, limit=limit, grace=grace, report=report, planner=planner)
+        if handled:
+            report.batches += 1
+            report.created += len(refs)
+            # Committed first, published second: the outbox sweep covers a crash in between.
+            with session_scope() as session:
+                report.published += len(producer.publish_runs(session, refs, now=now))
+        if handled < limit:
+            return False
+        if once:
+            return True
+
+
+def schedule_due(
+    *, now: datetime | None = None, batch_size: int | None = None, threads: int | None = None
+) -> TickReport:
+    """Create and publish runs for every due schedule, batch by batch, until none is due.
+
+    When the first batch is full, the tick goes on with ``SCHEDULER_THREADS`` threads,
+    each taking its own batches. ``SKIP LOCKED`` hands every config to exactly one of
+    them (as it does between two beats), and one thread's Python work overlaps the
+    others' waits on PostgreSQL and Redis.
+    """
     settings = get_settings()
     now = now or utcnow()
     limit = batch_size or settings.scheduler_batch_size
     grace = timedelta(seconds=settings.catchup_grace_seconds)
+    workers = threads or settings.scheduler_threads
+    if get_engine().dialect.name != "postgresql":
+        # SQLite has no row locks to skip: threads would read the same batch and only
+        # ON CONFLICT would stop the duplicates. The embedded default runs one thread.
+        workers = 1
     report = TickReport()
-    planner = _Planner(now=now, grace=grace, report=report)
-    while True:
-        handled, refs = _schedule_batch(now=now, limit=limit, grace=grace, report=report, planner=planner)
-        if not handled:
-            break
-        report.batches += 1
-        report.created += len(refs)
-        # Committed first, published second: the outbox sweep covers a crash in between.
-        with session_scope() as session:
-            report.published += len(producer.publish_runs(session, refs, now=now))
-        if handled < limit:
-            break
+    if not _drain(now=now, limit=limit, grace=grace, report=report, once=workers > 1):
+        return report  # the usual tick: one short batch, no thread started
+    reports = [TickReport() for _ in range(workers)]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tick") as pool:
+        futures = [pool.submit(_drain, now=now, limit=limit, grace=grace, report=r) for r in reports]
+        for future in futures:
+            future.result()  # re-raises a thread's failure; batches already committed stay
+    for other in reports:
+        report.add(other)
     return report
 
 

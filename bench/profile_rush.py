@@ -8,6 +8,7 @@ full-page images (cluster-wide, so other databases add noise), checkpoints,
 and blocks read vs hit in this database. At the start, the middle and near the
 end it prints ``EXPLAIN (ANALYZE, BUFFERS)`` of the due query (run on a second
 connection and rolled back), and at the end the table and index statistics.
+With several threads the phase seconds add up over the threads (more than the wall time).
 
 Run: ``.venv/bin/python -m bench.profile_rush --rush 1000000``.
 """
@@ -166,6 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rush", type=int, default=1_000_000)
     parser.add_argument("--slices", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None, help="SCHEDULER_THREADS for the rush")
     parser.add_argument(
         "--auto-explain-ms", type=int, default=0, help="print plans of statements slower than this"
     )
@@ -187,7 +189,7 @@ def main() -> None:
             _instrument(profile)
             profile.header()
             started = time.perf_counter()
-            report = schedule_due(now=NOW)
+            report = schedule_due(now=NOW, threads=args.threads)
             seconds = time.perf_counter() - started
             print(f"total: {report.created:,} runs in {seconds:.1f} s = {report.created / seconds:,.0f}/s")
             for sql in (

@@ -74,4 +74,3 @@ def test_real_beat_creates_the_run_from_the_boundary_tick(db, redis_client, tmp_
         worker.kill()
     with shelve.open(str(schedule_file)) as store:  # beat's own persisted entry
         assert isinstance(store["entries"]["schedule-due-runs"].schedule, AlignedSchedule)
-

@@ -101,9 +101,23 @@ def test_slot_older_than_grace_is_skipped_and_counted(plugin, setenv) -> None:  
 
 def test_batches_until_nothing_due(plugin) -> None:  # type: ignore[no-untyped-def]
     users = [_user_with_config(plugin) for _ in range(7)]
-    report = schedule_due(now=T0 + timedelta(minutes=1), batch_size=3)
+    report = schedule_due(now=T0 + timedelta(minutes=1), batch_size=3, threads=1)
     assert report.created == 7 and report.batches == 3
     assert {r.user_id for r in _runs()} == set(users)
+
+
+def test_a_full_first_batch_continues_on_threads_each_config_once(plugin, redis_client) -> None:  # type: ignore[no-untyped-def]
+    users = [_user_with_config(plugin) for _ in range(23)]
+    late = _user_with_config(plugin, next_run=T0 - timedelta(days=2))  # coalesced, counted once
+    report = schedule_due(now=T0 + timedelta(minutes=1), batch_size=5, threads=3)
+    runs = _runs()
+    assert report.created == report.published == len(runs) == 24
+    assert {r.user_id for r in runs} == {*users, late}
+    assert len({r.config_id for r in runs}) == 24 and report.coalesced == 2
+    # PostgreSQL: SKIP LOCKED splits the work; SQLite: the tick keeps to one thread.
+    assert report.batches >= 5 and report.duplicates == 0
+    assert redis_client.xlen(keys.stream(plugin)) == 24
+    assert all(_next_run(u) == T0 + timedelta(days=1) for u in [*users, late])
 
 
 def test_unscheduled_plugin_never_scheduled(plugin) -> None:  # type: ignore[no-untyped-def]
