@@ -13,6 +13,10 @@ Guarantees:
   older than ``CATCHUP_GRACE_SECONDS`` is skipped and counted.
 * A run is never created with settings that fail the plugin's current schema:
   such a config is disabled with the reason.
+* The rate does not fall as a rush grows: every batch statement is planned for
+  the tables as they are (:func:`app.db.bulk.plan_for_this_batch`), work that
+  depends only on a schedule is done once per schedule per tick, and a rush
+  runs on ``SCHEDULER_THREADS`` threads that ``SKIP LOCKED`` keeps apart.
 """
 
 from __future__ import annotations
