@@ -148,17 +148,12 @@ class _Planner:
         return {**defaults, **item.settings}
 
     def _slots_for(self, effective: dict[str, Any], item: _Due) -> _Slots | str:
-        key: tuple[Any, ...] | None = (
-            item.timezone,
-            effective.get("frequency"),
-            effective.get("preferred_time"),
-            effective.get("weekday"),
-            item.next_run_at,
-        )
-        try:
-            cached = self._slots.get(key)  # type: ignore[arg-type]
-        except TypeError:  # a value the schema let through is not hashable: compute, do not cache
-            cached, key = None, None
+        fields = (effective.get("frequency"), effective.get("preferred_time"), effective.get("weekday"))
+        # Only strings (or absent) are remembered: other types the schema let through are errors
+        # whose message names the value, and 1 == True would share a key.
+        key = (item.timezone, item.next_run_at, *fields)
+        cacheable = all(value is None or type(value) is str for value in fields)
+        cached = self._slots.get(key) if cacheable else None
         if cached is not None:
             return cached
         try:
@@ -167,7 +162,7 @@ class _Planner:
             result: _Slots | str = (slot, coalesced, next_after(schedule, self.now))
         except ScheduleError as exc:
             result = str(exc)
-        if key is not None:
+        if cacheable:
             if len(self._slots) >= _MAX_CACHED_SCHEDULES:
                 self._slots.clear()
             self._slots[key] = result

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 
 from app import api
 from app.db.engine import session_scope
-from app.db.models import PluginRun, RunStatus, UserPluginConfig
+from app.db.models import PluginRun, RunStatus, User, UserPluginConfig
 from app.outbox import sweep
 from app.plugins.registry import discover
 from app.plugins.sync import sync_plugins
@@ -219,3 +219,34 @@ def test_sweep_republishes_lost_entries_and_due_retries(plugin, redis_client) ->
     assert sweep(now=later + timedelta(minutes=11)) == 1
     with session_scope() as session:
         assert session.scalar(select(func.count()).select_from(PluginRun)) == 1
+
+
+def test_each_schedule_gets_its_own_slots_in_one_batch(plugin) -> None:  # type: ignore[no-untyped-def]
+    """Slots are computed once per schedule per tick: configs that differ in any part never share."""
+    daily_utc = _user_with_config(plugin)
+    berlin = _user_with_config(plugin, tz="Europe/Berlin", at="08:00")  # 06:00 UTC in May
+    berlin_six = _user_with_config(plugin, tz="Europe/Berlin", at="06:00")  # same due time, other zone
+    weekly = _user_with_config(plugin)
+    api.configure_plugin(weekly, plugin, {"preferred_time": "06:00", "frequency": "weekly"})  # Mondays
+    _set_next_run(weekly, T0)  # due now (a Friday), as if its weekday had just been changed
+    late = _user_with_config(plugin, next_run=T0 - timedelta(days=1))
+    report = schedule_due(now=T0 + timedelta(minutes=1), threads=1)
+    assert report.created == 5 and report.coalesced == 1
+    everyone = (daily_utc, berlin, berlin_six, weekly, late)
+    assert {r.user_id: r.scheduled_for for r in _runs()} == {u: T0 for u in everyone}
+    assert _next_run(berlin_six) == T0 + timedelta(hours=22)  # 06:00 in Berlin is 04:00 UTC
+    assert _next_run(daily_utc) == _next_run(berlin) == _next_run(late) == T0 + timedelta(days=1)
+    assert _next_run(weekly) == T0 + timedelta(days=3)  # Monday 2026-05-04
+
+
+def test_an_impossible_schedule_disables_only_its_configs(plugin) -> None:  # type: ignore[no-untyped-def]
+    good = _user_with_config(plugin)
+    bad = [_user_with_config(plugin) for _ in range(2)]
+    with session_scope() as session:  # as if the zone database lost a zone the users had
+        session.execute(update(User).where(User.id.in_(bad)).values(timezone="Mars/Olympus_Mons"))
+    report = schedule_due(now=T0 + timedelta(minutes=1), threads=1)
+    assert report.created == 1 and report.disabled == 2
+    assert [r.user_id for r in _runs()] == [good]
+    for user_id in bad:
+        info = api.get_config(user_id, plugin)
+        assert not info.enabled and "unknown time zone 'Mars/Olympus_Mons'" in (info.disabled_reason or "")
