@@ -58,6 +58,7 @@ demo: venv
 # rewrites its own section of bench/RESULTS.md. Long: not part of `make test`.
 bench: venv services
 	$(BIN)/python -m bench.bench_scheduler
+	$(BIN)/python -m bench.bench_on_time
 	$(BIN)/python -m bench.bench_streams
 	$(BIN)/python -m bench.bench_pipeline
 	$(BIN)/python -m bench.bench_execution

@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import Celery, signals
 
+from app.aligned_schedule import AlignedSchedule
 from app.config import get_settings
 from app.streams import keys
 
@@ -58,7 +59,9 @@ def _config() -> dict[str, Any]:
         "beat_schedule": {
             "schedule-due-runs": {
                 "task": "app.tasks.schedule_due_runs",
-                "schedule": settings.scheduler_tick_seconds,
+                # On the clock's :00/:30 (for 30 s), not 30 s after beat started: schedules
+                # are whole minutes, so a due run is created within a second of its minute.
+                "schedule": AlignedSchedule(settings.scheduler_tick_seconds),
                 # A tick that could not run in time is pointless: the next one does the same work.
                 "options": {"expires": settings.scheduler_tick_seconds},
             }

@@ -134,6 +134,8 @@ class Settings(BaseSettings):
     # Scheduling.
     scheduler_tick_seconds: float = Field(default=30.0, gt=0)
     scheduler_batch_size: int = Field(default=1000, ge=1)
+    #: Threads a tick uses once its first batch is full (a rush); each holds one connection.
+    scheduler_threads: int = Field(default=2, ge=1, le=8)
     catchup_grace_seconds: int = Field(default=6 * 3600, ge=0)
     outbox_grace_seconds: int = Field(default=120, ge=1)
 

@@ -13,6 +13,7 @@ import os
 import secrets
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,18 +73,71 @@ def pg_database() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
 
 
-@pytest.fixture
-def db(pg_database: str) -> Iterator[str]:
-    """Empty tables for this test (truncated first, so a failed test leaves evidence)."""
+@pytest.fixture(scope="session")
+def sqlite_database(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite file migrated to head: the embedded default, for tests that run on both databases."""
+    from app.db import migrate
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'first-sip.db'}"
+    migrate.upgrade(url)
+    return url
+
+
+def _empty_tables() -> None:
     from sqlalchemy import text
 
     from app.db.engine import get_engine
 
-    with get_engine().begin() as conn:
-        conn.execute(
-            text("TRUNCATE plugin_runs, user_plugin_configs, users, plugins RESTART IDENTITY CASCADE")
-        )
-    yield pg_database
+    engine = get_engine()
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            for table in ("plugin_runs", "user_plugin_configs", "users", "plugins"):
+                conn.execute(text(f"DELETE FROM {table}"))
+        else:
+            conn.execute(
+                text("TRUNCATE plugin_runs, user_plugin_configs, users, plugins RESTART IDENTITY CASCADE")
+            )
+
+
+@pytest.fixture
+def db(pg_database: str) -> Iterator[str]:
+    """Empty tables for this test (emptied first, so a failed test leaves evidence).
+
+    PostgreSQL unless a wider fixture switched ``DATABASE_URL`` to SQLite (``on_both_databases``).
+    """
+    from app.config import get_settings
+
+    _empty_tables()
+    yield get_settings().database_url
+
+
+@contextmanager
+def using_database(url: str) -> Iterator[str]:
+    """Point this process (and the processes it starts) at ``url`` for the duration of the block."""
+    from app.config import get_settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DATABASE_URL", url)
+        get_settings.cache_clear()
+        try:
+            yield url
+        finally:
+            get_settings.cache_clear()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def on_both_databases(
+    request: pytest.FixtureRequest, pg_database: str, sqlite_database: str
+) -> Iterator[str]:
+    """Run the test on PostgreSQL, then on SQLite (the embedded default), tables emptied first.
+
+    Each hot write has a statement per dialect (app/db/bulk.py, app/db/runs.py): this is what
+    runs the SQLite halves.
+    """
+    url = pg_database if request.param == "postgresql" else sqlite_database
+    with using_database(url):
+        _empty_tables()
+        yield url
 
 
 def _delete_prefix(client: redis.Redis, prefix: str) -> None:

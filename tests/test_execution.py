@@ -1,4 +1,4 @@
-"""execute_run end to end on a real Celery worker (threads pool) against PostgreSQL and Redis.
+"""execute_run end to end on a real Celery worker (threads pool) against PostgreSQL (then SQLite) and Redis.
 
 One worker serves the whole module. Outcomes are read from the run rows, the
 stream's pending list and the files the test plugins append to on every
@@ -17,6 +17,7 @@ import redis
 from app.db import runs
 from app.db.engine import session_scope
 from app.db.models import RunStatus, utcnow
+from tests.conftest import using_database
 from tests.plugins.harness import (
     PLUGINS_DIR,
     dispatch,
@@ -45,8 +46,15 @@ WORKER_ENV = {
 }
 
 
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def database(request: pytest.FixtureRequest, pg_database: str, sqlite_database: str) -> Iterator[str]:
+    """Every worker test on PostgreSQL, then on SQLite (the embedded default the demo runs on)."""
+    with using_database(pg_database if request.param == "postgresql" else sqlite_database) as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
-def worker(pg_database: str, redis_session: redis.Redis) -> Iterator[ManagedProcess]:
+def worker(database: str, redis_session: redis.Redis) -> Iterator[ManagedProcess]:
     with celery_worker(pool="threads", concurrency=4, env=WORKER_ENV) as process:
         yield process
 

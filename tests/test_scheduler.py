@@ -1,4 +1,4 @@
-"""The beat tick against real PostgreSQL and Redis, with an injected clock."""
+"""The beat tick on real PostgreSQL and SQLite (the embedded default) and Redis, with an injected clock."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 
 from app import api
 from app.db.engine import session_scope
-from app.db.models import PluginRun, RunStatus, UserPluginConfig
+from app.db.models import PluginRun, RunStatus, User, UserPluginConfig
 from app.outbox import sweep
 from app.plugins.registry import discover
 from app.plugins.sync import sync_plugins
@@ -22,7 +22,7 @@ T0 = datetime(2026, 5, 1, 6, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def plugin(db, redis_client, make_plugin):  # type: ignore[no-untyped-def]
+def plugin(on_both_databases, redis_client, make_plugin):  # type: ignore[no-untyped-def]
     make_plugin("sched-plugin")
     make_plugin("manual-only", capabilities=["manual"])
     with session_scope() as session:
@@ -101,9 +101,23 @@ def test_slot_older_than_grace_is_skipped_and_counted(plugin, setenv) -> None:  
 
 def test_batches_until_nothing_due(plugin) -> None:  # type: ignore[no-untyped-def]
     users = [_user_with_config(plugin) for _ in range(7)]
-    report = schedule_due(now=T0 + timedelta(minutes=1), batch_size=3)
+    report = schedule_due(now=T0 + timedelta(minutes=1), batch_size=3, threads=1)
     assert report.created == 7 and report.batches == 3
     assert {r.user_id for r in _runs()} == set(users)
+
+
+def test_a_full_first_batch_continues_on_threads_each_config_once(plugin, redis_client) -> None:  # type: ignore[no-untyped-def]
+    users = [_user_with_config(plugin) for _ in range(23)]
+    late = _user_with_config(plugin, next_run=T0 - timedelta(days=2))  # coalesced, counted once
+    report = schedule_due(now=T0 + timedelta(minutes=1), batch_size=5, threads=3)
+    runs = _runs()
+    assert report.created == report.published == len(runs) == 24
+    assert {r.user_id for r in runs} == {*users, late}
+    assert len({r.config_id for r in runs}) == 24 and report.coalesced == 2
+    # PostgreSQL: SKIP LOCKED splits the work; SQLite: the tick keeps to one thread.
+    assert report.batches >= 5 and report.duplicates == 0
+    assert redis_client.xlen(keys.stream(plugin)) == 24
+    assert all(_next_run(u) == T0 + timedelta(days=1) for u in [*users, late])
 
 
 def test_unscheduled_plugin_never_scheduled(plugin) -> None:  # type: ignore[no-untyped-def]
@@ -205,3 +219,34 @@ def test_sweep_republishes_lost_entries_and_due_retries(plugin, redis_client) ->
     assert sweep(now=later + timedelta(minutes=11)) == 1
     with session_scope() as session:
         assert session.scalar(select(func.count()).select_from(PluginRun)) == 1
+
+
+def test_each_schedule_gets_its_own_slots_in_one_batch(plugin) -> None:  # type: ignore[no-untyped-def]
+    """Slots are computed once per schedule per tick: configs that differ in any part never share."""
+    daily_utc = _user_with_config(plugin)
+    berlin = _user_with_config(plugin, tz="Europe/Berlin", at="08:00")  # 06:00 UTC in May
+    berlin_six = _user_with_config(plugin, tz="Europe/Berlin", at="06:00")  # same due time, other zone
+    weekly = _user_with_config(plugin)
+    api.configure_plugin(weekly, plugin, {"preferred_time": "06:00", "frequency": "weekly"})  # Mondays
+    _set_next_run(weekly, T0)  # due now (a Friday), as if its weekday had just been changed
+    late = _user_with_config(plugin, next_run=T0 - timedelta(days=1))
+    report = schedule_due(now=T0 + timedelta(minutes=1), threads=1)
+    assert report.created == 5 and report.coalesced == 1
+    everyone = (daily_utc, berlin, berlin_six, weekly, late)
+    assert {r.user_id: r.scheduled_for for r in _runs()} == {u: T0 for u in everyone}
+    assert _next_run(berlin_six) == T0 + timedelta(hours=22)  # 06:00 in Berlin is 04:00 UTC
+    assert _next_run(daily_utc) == _next_run(berlin) == _next_run(late) == T0 + timedelta(days=1)
+    assert _next_run(weekly) == T0 + timedelta(days=3)  # Monday 2026-05-04
+
+
+def test_an_impossible_schedule_disables_only_its_configs(plugin) -> None:  # type: ignore[no-untyped-def]
+    good = _user_with_config(plugin)
+    bad = [_user_with_config(plugin) for _ in range(2)]
+    with session_scope() as session:  # as if the zone database lost a zone the users had
+        session.execute(update(User).where(User.id.in_(bad)).values(timezone="Mars/Olympus_Mons"))
+    report = schedule_due(now=T0 + timedelta(minutes=1), threads=1)
+    assert report.created == 1 and report.disabled == 2
+    assert [r.user_id for r in _runs()] == [good]
+    for user_id in bad:
+        info = api.get_config(user_id, plugin)
+        assert not info.enabled and "unknown time zone 'Mars/Olympus_Mons'" in (info.disabled_reason or "")

@@ -52,13 +52,38 @@ _PG_MARK_QUEUED = text(
         queued_at = CASE WHEN r.status = 'processing' THEN r.queued_at ELSE :now END,
         updated_at = :now
     FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(rid uuid, sid text)
-    WHERE r.run_id = v.rid AND r.status IN ('pending', 'queued', 'processing')
+    WHERE r.run_id = v.rid AND r.status NOT IN ('completed', 'failed', 'cancelled')
     """
 )
+# Why NOT IN (terminal) rather than IN (pending, queued, processing), the same set under the
+# status CHECK: an IN list can be answered from the status indexes, and a plan that reads
+# every non-terminal run and hash-joins the batch against them costs O(runs waiting) per
+# batch. During a 1M rush it was chosen from statistics taken while the table was small,
+# and the rush went quadratic (bench/RESULTS.md). NOT IN is never an index condition, so
+# the only index path left is the unique run_id probe.
+
+_CUSTOM_PLANS = text("SET LOCAL plan_cache_mode = force_custom_plan")
 
 
 def _is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
+
+
+def plan_for_this_batch(session: Session) -> None:
+    """Plan the rest of this transaction's statements for the tables as they are now.
+
+    psycopg prepares a statement on its fifth execution in a connection, and PostgreSQL
+    then keeps a generic plan made for the table sizes of that moment. The batch
+    statements here run a thousand times in one rush while the tables they join grow by
+    a million rows, so a plan made at the start must not be reused at the end. Planning
+    one statement per thousand rows costs nothing measurable.
+    """
+    if _is_postgres(session):
+        session.execute(_CUSTOM_PLANS)
+
+
+def _as_uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
 def insert_runs(
@@ -73,7 +98,7 @@ def insert_runs(
     if _is_postgres(session):
         payload = json.dumps(rows, default=str)
         result = session.execute(_PG_INSERT_RUNS, {"rows": payload, "now": now})
-        return [(uuid.UUID(str(r.run_id)), int(r.config_id)) for r in result]
+        return [(_as_uuid(r.run_id), int(r.config_id)) for r in result]
     table = PluginRun.__table__
     stmt = (
         sqlite_insert(table)  # type: ignore[arg-type]
@@ -103,5 +128,6 @@ def set_next_run(session: Session, pairs: list[tuple[int, datetime | None]], *, 
 
 def mark_queued_pg(session: Session, params: list[dict[str, Any]], *, now: datetime) -> int:
     """PostgreSQL path of ``runs.mark_queued``: ``params`` are ``{"rid", "sid"}``; returns rows changed."""
+    plan_for_this_batch(session)
     result = session.execute(_PG_MARK_QUEUED, {"rows": json.dumps(params, default=str), "now": now})
     return int(result.rowcount)  # type: ignore[attr-defined]
