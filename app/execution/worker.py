@@ -44,6 +44,8 @@ from app.execution.lease import Lease
 from app.execution.outcome import error_message, is_transient
 from app.execution.retry import backoff_seconds
 from app.execution.runner import CrewJob, Verdict, supervise
+from app.flow.policy import plugin_cap
+from app.flow.worker import RunSlot
 from app.llm import make_llm, model_name
 from app.logs import bind
 from app.plugins.settings import validate_settings
@@ -108,7 +110,7 @@ def execute(
         with session_scope() as session:
             claimed = runs.claim(session, rid, now=utcnow(), lease_seconds=settings.lease_seconds)
         if claimed is None:
-            finish = _unclaimed(rid)
+            finish = _unclaimed(rid, plugin)
         else:
             with bind(plugin=claimed.plugin, user_id=claimed.user_id, attempt=claimed.attempt):
                 finish = _run(claimed, settings)
@@ -124,7 +126,7 @@ def execute(
         }
 
 
-def _unclaimed(rid: uuid.UUID) -> Finish:
+def _unclaimed(rid: uuid.UUID, plugin: str | None) -> Finish:
     now = utcnow()
     with session_scope() as session:
         state = runs.states(session, [rid]).get(rid)
@@ -135,13 +137,27 @@ def _unclaimed(rid: uuid.UUID) -> Finish:
         state.next_attempt_at is not None and state.next_attempt_at > now
     )
     log.info("run not claimable (%s); duplicate delivery is a no-op", state.status.value)
+    if state.status != RunStatus.PROCESSING and plugin and keys.plugin_name_ok(plugin):
+        # Nobody runs it: the flow-control slot the consumer took for this dispatch goes back.
+        RunSlot(plugin, str(rid), lease_seconds=0).release()
     return Finish(state.status.value, entry_done=state.is_terminal or retry_waiting)
 
 
 def _run(claimed: runs.ClaimedRun, settings: Settings) -> Finish:
-    lease = Lease(claimed.run_id, attempt=claimed.attempt, lease_seconds=settings.lease_seconds)
+    slot = RunSlot(claimed.plugin, str(claimed.run_id), lease_seconds=settings.lease_seconds)
+    lease = Lease(
+        claimed.run_id, attempt=claimed.attempt, lease_seconds=settings.lease_seconds, on_renew=slot.renew
+    )
+    try:
+        return _run_leased(claimed, settings, lease, slot)
+    finally:
+        slot.release()
+
+
+def _run_leased(claimed: runs.ClaimedRun, settings: Settings, lease: Lease, slot: RunSlot) -> Finish:
     try:
         plugin = find_plugin(claimed.plugin, settings.plugins_dir)
+        slot.hold(plugin_cap(plugin.name, plugin.manifest.max_concurrency, settings))
         crew_folder = entry_point_file(plugin)[0].parent
         effective = validate_settings(plugin, claimed.input)
         llm = make_llm(settings)

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.errors import PluginError, Problem
-from app.plugins.names import PLUGIN_NAME_RE
+from app.plugins.names import DEFAULT_RUNS_QUEUE, PLUGIN_NAME_RE, QUEUE_NAME_RE, SCHEDULER_QUEUE
 
 MANIFEST_FILE = "plugin.yaml"
 # Semantic Versioning 2.0.0, the official regular expression.
@@ -54,6 +54,11 @@ class PluginManifest(BaseModel):
     settings_migrator: str | None = None
     #: Hard time limit for one run, in seconds (capped by MAX_RUN_TIMEOUT_SECONDS).
     timeout_seconds: int | None = Field(default=None, ge=1, le=24 * 3600)
+    #: At most this many runs of the plugin in flight across the whole cluster (None: no cap).
+    #: Operators override it with FIRST_SIP_MAX_CONCURRENCY.
+    max_concurrency: int | None = Field(default=None, ge=1, le=100_000)
+    #: The Celery queue its runs go to, so a slow plugin can have workers of its own.
+    queue: str = DEFAULT_RUNS_QUEUE
 
     @field_validator("name")
     @classmethod
@@ -83,6 +88,17 @@ class PluginManifest(BaseModel):
     def _entry_point(cls, value: str | None) -> str | None:
         if value is not None and not ENTRY_POINT_RE.fullmatch(value):
             raise ValueError(f"{value!r} must look like 'relative/path.py:function'")
+        return value
+
+    @field_validator("queue")
+    @classmethod
+    def _queue_name(cls, value: str) -> str:
+        if not QUEUE_NAME_RE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} must match {QUEUE_NAME_RE.pattern} (lower-case letters, digits, . _ -)"
+            )
+        if value == SCHEDULER_QUEUE:
+            raise ValueError(f"{value!r} is the scheduler's own queue; pick another name")
         return value
 
     @property

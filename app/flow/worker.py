@@ -1,0 +1,115 @@
+"""The worker's side of flow control: a run's slot, and the gate before every LLM request.
+
+Guarantees:
+
+* :class:`RunSlot` holds a capped plugin's slot from the claim to the run's
+  end, renewed with the run's lease (so a SIGKILLed worker's slot expires with
+  its lease), and gives it back at the end, ringing the consumers' doorbell so
+  a held-back entry is dispatched at once. Redis trouble never fails a run: a
+  slot that could not be renewed or released expires by itself.
+* :func:`before_llm_request` lets a request through only when the model's
+  budget and pause allow, waiting (bounded by the run's deadline and its stop
+  event) when they do not. :func:`after_rate_limited` pauses the model for the
+  whole cluster after a provider's 429.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+
+from app.config import Settings, get_settings
+from app.flow import slots
+from app.flow.budget import wait_turn
+from app.flow.policy import model_budget
+from app.redis_client import get_redis
+
+log = logging.getLogger(__name__)
+
+
+class RunSlot:
+    """The in-flight slot of one claimed run (no Redis at all for uncapped plugins)."""
+
+    def __init__(self, plugin: str, run_id: str, *, lease_seconds: float, client: Any = None) -> None:
+        self.plugin, self.run_id, self.lease_seconds = plugin, run_id, lease_seconds
+        self._client = client
+        #: None until the plugin's cap is known: a run that fails before (a broken plugin) may
+        #: still hold the consumer's dispatch slot, so release() then gives it back to be sure.
+        self.capped: bool | None = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = get_redis()
+        return self._client
+
+    def hold(self, cap: int | None) -> None:
+        """Called once the plugin's cap is known: take (or keep) the slot if the plugin is capped."""
+        self.capped = cap is not None
+        if self.capped:
+            self._renew("hold")
+
+    def renew(self) -> None:
+        """With every lease renewal: the slot lives as long as the lease."""
+        if self.capped:
+            self._renew("renew")
+
+    def _renew(self, what: str) -> None:
+        try:
+            slots.hold(self.client, self.plugin, self.run_id, lease_seconds=self.lease_seconds)
+        except redis.RedisError as exc:
+            log.warning("could not %s the run's flow-control slot (it expires with the lease): %s", what, exc)
+
+    def release(self) -> None:
+        """The run ended (any outcome): give the slot back and wake a consumer."""
+        if self.capped is False:
+            return
+        try:
+            slots.release(self.client, self.plugin, self.run_id)
+        except redis.RedisError as exc:
+            log.warning("could not release the run's flow-control slot (it expires with the lease): %s", exc)
+
+
+def before_llm_request(
+    *, stopped: threading.Event, deadline: float | None = None, settings: Settings | None = None
+) -> None:
+    """Wait for the model's budget and pause to allow one request (see :func:`wait_turn`).
+
+    ``deadline`` is a ``time.monotonic()`` value. Redis unreachable: the request goes
+    ahead (the provider's own limit still answers with a 429, which is handled).
+    """
+    settings = settings or get_settings()
+    try:
+        waited = wait_turn(get_redis(), model_budget(settings), stopped=stopped, deadline=deadline)
+    except redis.RedisError as exc:
+        log.warning("LLM budget check failed (sending the request anyway): %s", exc)
+        return
+    if waited >= 1:
+        log.info("waited %.1f s for a turn in the LLM request budget", waited)
+
+
+def after_rate_limited(retry_after: float | None, *, settings: Settings | None = None) -> float:
+    """A provider answered 429: pause the model for everyone for its Retry-After (or the default).
+
+    Returns the pause's seconds left (0 if Redis was unreachable).
+    """
+    settings = settings or get_settings()
+    seconds = settings.llm_pause_seconds if retry_after is None or retry_after <= 0 else retry_after
+    seconds = min(seconds, settings.llm_pause_max_seconds)
+    budget = model_budget(settings)
+    try:
+        left = budget.pause(get_redis(), seconds)
+    except redis.RedisError as exc:
+        log.warning("could not pause model %s after a 429: %s", budget.model, exc)
+        return 0.0
+    log.warning("provider rate-limited model %s: dispatch and requests paused for %.1f s", budget.model, left)
+    return left
+
+
+def monotonic_deadline(timeout_seconds: float) -> float:
+    """A deadline ``timeout_seconds`` from now on the clock :func:`before_llm_request` uses."""
+    return time.monotonic() + timeout_seconds
