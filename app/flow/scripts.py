@@ -111,7 +111,7 @@ Call = tuple[str, Sequence[str], Sequence[Any]]
 
 
 def _noscript(reply: Any) -> bool:
-    return isinstance(reply, redis.ResponseError) and str(reply).startswith("NOSCRIPT")
+    return isinstance(reply, redis.exceptions.NoScriptError)
 
 
 def eval_all(
