@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, signals
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from app.config import Settings, get_settings
 from app.plugins.names import DEFAULT_RUNS_QUEUE, SCHEDULER_QUEUE
@@ -56,6 +56,10 @@ def known_queues(settings: Settings) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _queue(name: str) -> Queue:
+    return Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
+
+
 def _config() -> dict[str, Any]:
     settings = get_settings()
     hard_limit = settings.max_run_timeout_seconds + TIME_LIMIT_MARGIN_SECONDS
@@ -91,7 +95,7 @@ def _config() -> dict[str, Any]:
         # A worker without -Q consumes all of these: the scheduler's queue included, so a plain
         # `celery worker` never leaves schedules silently unrun. Same shape as the queues Celery
         # creates on demand (exchange and routing key named after the queue), so routing agrees.
-        "task_queues": [Queue(name, Exchange(name), routing_key=name) for name in known_queues(settings)],
+        "task_queues": [_queue(name) for name in known_queues(settings)],
         "task_routes": {"app.tasks.schedule_due_runs": {"queue": SCHEDULER_QUEUE}},
         "beat_schedule": {
             "schedule-due-runs": {
