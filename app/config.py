@@ -131,6 +131,8 @@ class Settings(BaseSettings):
     llm_budget_window_seconds: float = Field(
         default=60.0, gt=0, le=3600, alias="FIRST_SIP_LLM_BUDGET_WINDOW_SECONDS"
     )
+    #: A provider's 429 pauses the model for the whole cluster (off: each worker only retries later).
+    llm_pause_on_429: bool = Field(default=True, alias="FIRST_SIP_LLM_PAUSE_ON_429")
     #: How long a provider's 429 without Retry-After pauses the model cluster-wide.
     llm_pause_seconds: float = Field(default=10.0, gt=0, le=3600, alias="FIRST_SIP_LLM_PAUSE_SECONDS")
     #: Upper bound on a provider's Retry-After (a hostile or broken value must not stop us for days).

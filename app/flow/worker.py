@@ -98,6 +98,8 @@ def after_rate_limited(retry_after: float | None, *, settings: Settings | None =
     Returns the pause's seconds left (0 if Redis was unreachable).
     """
     settings = settings or get_settings()
+    if not settings.llm_pause_on_429:
+        return 0.0
     seconds = settings.llm_pause_seconds if retry_after is None or retry_after <= 0 else retry_after
     seconds = min(seconds, settings.llm_pause_max_seconds)
     budget = model_budget(settings)

@@ -1,0 +1,236 @@
+"""The 06:00 rush: 2,000 runs due at once, against a provider that allows R requests per window.
+
+The provider is the LLM test server (tests/llm_server.py) in this process,
+answering 429 with ``Retry-After`` above ``--limit`` requests in any rolling
+``--window`` seconds (the figures of a real rate limit, scaled down so the
+benchmark takes minutes: 50 per 5 s = 10 requests/s by default). The cluster
+is real: two Celery workers (threads pool), two consumer processes and beat
+(which republishes retries), the workers reaching the server through CrewAI's
+OpenAI provider. Each run is one CrewAI task, so one LLM call.
+
+Two variants, one after the other, each on a fresh database and Redis prefix:
+
+* **flow control**: ``FIRST_SIP_LLM_RPM`` = the provider's limit over the same
+  window: the consumer keeps runs in the stream until the budget has room,
+  every request takes a turn in the shared budget first, a 429 pauses the model.
+* **baseline**: no budget and no 429 pause: every worker sends as soon as it
+  has a run; a 429 is a transient error retried by the framework's attempts.
+
+Figures: requests per run (the minimum is 1, the calls per run), time until
+every run is terminal against the theoretical minimum runs x calls / rate,
+outcomes. Goals: <= 1.05 x the minimum requests, <= 1.2 x the minimum time.
+Run: ``.venv/bin/python -m bench.bench_rush [--runs 2000 --limit 50 --window 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, text
+
+from bench.common import ROOT, private_environment, write_section
+
+BENCH_PLUGINS = ROOT / "bench" / "plugins"
+PLUGIN = "rush"
+CALLS_PER_RUN = 1
+
+
+@dataclass
+class Outcome:
+    """What one variant did."""
+
+    name: str
+    runs: int
+    seconds: float
+    finished: bool
+    requests: int
+    rejected: int
+    statuses: dict[str, int]
+    max_in_window: int
+
+
+def _processes(env: dict[str, str], stack: ExitStack) -> None:
+    from tests.processes import ManagedProcess, worker_args
+
+    for i in range(2):
+        worker = ManagedProcess(f"rush-worker-{i}", worker_args(pool="threads", concurrency=8), env=env)
+        stack.callback(worker.kill)
+        worker.start(ready=r"ready\.", timeout=180)
+    for i in range(2):
+        consumer = ManagedProcess(f"rush-consumer-{i}", [sys.executable, "-m", "app", "consumer"], env=env)
+        stack.callback(consumer.kill)
+        consumer.start(ready=r"consumer \S+ ready", timeout=180)
+    beat = ManagedProcess(
+        "rush-beat",
+        [str(Path(sys.executable).parent / "celery"), "-A", "app.celery_app:celery_app", "beat",
+         "--loglevel=INFO", f"--schedule=/tmp/rush-beat-{time.monotonic_ns()}"],
+        env=env,
+    )  # fmt: skip
+    stack.callback(beat.kill)
+    beat.start(ready=r"beat: Starting", timeout=180)
+
+
+def _publish(runs: int) -> None:
+    """The rush: ``runs`` rows due now, published in batches of 1,000 as the scheduler does."""
+    from app.db.engine import get_engine, session_scope
+    from app.db.models import PluginRow, User
+    from app.plugins.registry import discover
+    from app.plugins.sync import sync_plugins
+    from app.streams.producer import load_refs, publish_runs
+
+    with session_scope() as session:
+        sync_plugins(session, discover(BENCH_PLUGINS))
+        session.add(User(email="rush@example.com"))
+    with get_engine().begin() as conn:
+        plugin_id = conn.execute(select(PluginRow.id).where(PluginRow.name == PLUGIN)).scalar_one()
+        conn.execute(
+            text(
+                "INSERT INTO plugin_runs (run_id, user_id, plugin_id, trigger, status, input, attempts)"
+                " SELECT gen_random_uuid(), 1, :p, 'manual', 'pending', '{}', 0 FROM generate_series(1, :n)"
+            ),
+            {"n": runs, "p": plugin_id},
+        )
+    with session_scope() as session:
+        refs = load_refs(session)
+    for i in range(0, len(refs), 1000):
+        with session_scope() as session:
+            publish_runs(session, refs[i : i + 1000], now=_now())
+
+
+def _now() -> Any:
+    from app.db.models import utcnow
+
+    return utcnow()
+
+
+def _statuses() -> dict[str, int]:
+    from app.db.engine import session_scope
+    from app.db.models import PluginRun
+
+    with session_scope() as session:
+        rows = session.execute(select(PluginRun.status, func.count()).group_by(PluginRun.status)).all()
+    return {status: count for status, count in rows}
+
+
+def _most_in_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    most, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def variant(name: str, *, runs: int, limit: int, window: float, flow: bool, give_up: float) -> Outcome:
+    """One rush on a fresh database and prefix; returns its figures."""
+    from app.db.models import TERMINAL_STATUSES
+    from tests.llm_server import LLMServer
+
+    with private_environment(f"rush_{'flow' if flow else 'base'}"), ExitStack() as stack:
+        server = stack.enter_context(LLMServer(rpm_limit=limit, window_seconds=window))
+        env = {
+            **server.env(),
+            "PLUGINS_DIR": str(BENCH_PLUGINS),
+            "SCHEDULER_TICK_SECONDS": "1",
+            "LOG_LEVEL": "WARNING",
+        }
+        if flow:
+            env.update(FIRST_SIP_LLM_RPM=str(limit), FIRST_SIP_LLM_BUDGET_WINDOW_SECONDS=str(window))
+        else:
+            env.update(FIRST_SIP_LLM_PAUSE_ON_429="false")
+        _processes(env, stack)
+        started = time.monotonic()
+        _publish(runs)
+        terminal = {s.value for s in TERMINAL_STATUSES}
+        finished = False
+        while time.monotonic() - started < give_up:
+            statuses = _statuses()
+            if sum(n for s, n in statuses.items() if s in terminal) >= runs:
+                finished = True
+                break
+            time.sleep(0.5)
+        seconds = time.monotonic() - started
+        statuses = _statuses()
+        requests = server.completions()
+    return Outcome(
+        name=name,
+        runs=runs,
+        seconds=seconds,
+        finished=finished,
+        requests=len(requests),
+        rejected=sum(1 for r in requests if r.status == 429),
+        statuses=dict(Counter(statuses)),
+        max_in_window=_most_in_window([r.monotonic for r in requests if r.status == 200], window),
+    )
+
+
+def report(outcomes: list[Outcome], *, runs: int, limit: int, window: float) -> None:
+    rate = limit / window
+    minimum = runs * CALLS_PER_RUN / rate
+    rows = []
+    for o in outcomes:
+        per_run = o.requests / o.runs
+        rows.append(
+            (
+                o.name,
+                f"{per_run:.3f} ({per_run / CALLS_PER_RUN:.2f}x)",
+                f"{o.rejected:,}",
+                f"{o.seconds:.0f} s ({o.seconds / minimum:.2f}x)" + ("" if o.finished else ", unfinished"),
+                ", ".join(f"{k} {v}" for k, v in sorted(o.statuses.items())),
+                f"{o.max_in_window} / {limit}",
+            )
+        )
+    head = "| variant | requests per run (x min) | 429s | time to finish (x min) | runs | most accepted in a window |"
+    table = "\n".join([head, "| --- | --- | --- | --- | --- | --- |"] + ["| " + " | ".join(r) + " |" for r in rows])
+    for r in rows:
+        print("  ".join(r))
+    intro = (
+        f"{runs:,} runs due at once, one LLM call each; the provider (LLM test server) allows {limit} requests "
+        f"per rolling {window:g} s ({rate:g}/s) and answers 429 with Retry-After above it. Theoretical minimum: "
+        f"{runs:,} x {CALLS_PER_RUN} / {rate:g} per s = {minimum:.0f} s and {CALLS_PER_RUN} request per run. "
+        "Two workers (threads, 8 each), two consumers, beat; both variants in the same run. "
+        "Goals (flow control): <= 1.05x the minimum requests, <= 1.2x the minimum time. "
+        "`.venv/bin/python -m bench.bench_rush`."
+    )
+    write_section("The 06:00 rush (issue 11, flow control)", f"{intro}\n\n{table}\n\n{NOTES}")
+
+
+NOTES = """\
+What the figures mean:
+
+- **Flow control**: the consumer holds the rush in the stream and sends runs to Celery only
+  while the shared budget has room (`limit - used - waiting in Celery's queue`); each request
+  takes a turn in the budget (one Lua script in Redis) before it is sent. The budget's window is
+  2 % + 100 ms longer than the provider's, so requests that reach the provider a little late never
+  make it count more than its limit; that margin and the start-up (first dispatch, CrewAI's first
+  import in each worker) are most of the gap to the minimum time.
+- **Baseline**: every worker sends as soon as it has a run. Above the limit the provider answers
+  429, the run is retried later (the framework's attempts, the provider's Retry-After), and each
+  retry competes with the rest of the rush again; runs out of attempts fail.
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--limit", type=int, default=50, help="requests the provider allows per window")
+    parser.add_argument("--window", type=float, default=5.0, help="the provider's rolling window, seconds")
+    parser.add_argument("--give-up", type=float, default=1200.0, help="seconds before a variant is cut off")
+    args = parser.parse_args()
+    outcomes = [
+        variant("flow control", runs=args.runs, limit=args.limit, window=args.window, flow=True, give_up=args.give_up),
+        variant("baseline", runs=args.runs, limit=args.limit, window=args.window, flow=False, give_up=args.give_up),
+    ]
+    report(outcomes, runs=args.runs, limit=args.limit, window=args.window)
+
+
+if __name__ == "__main__":
+    main()
