@@ -131,8 +131,9 @@ def _most_in_window(times: list[float], window: float) -> int:
 
 def variant(name: str, *, runs: int, limit: int, window: float, flow: bool, give_up: float) -> Outcome:
     """One rush on a fresh database and prefix; returns its figures."""
-    from app.db.models import TERMINAL_STATUSES
     from tests.llm_server import LLMServer
+
+    from app.db.models import TERMINAL_STATUSES
 
     with private_environment(f"rush_{'flow' if flow else 'base'}"), ExitStack() as stack:
         server = stack.enter_context(LLMServer(rpm_limit=limit, window_seconds=window))
@@ -189,7 +190,9 @@ def report(outcomes: list[Outcome], *, runs: int, limit: int, window: float) -> 
             )
         )
     head = "| variant | requests per run (x min) | 429s | time to finish (x min) | runs | most accepted in a window |"
-    table = "\n".join([head, "| --- | --- | --- | --- | --- | --- |"] + ["| " + " | ".join(r) + " |" for r in rows])
+    table = "\n".join(
+        [head, "| --- | --- | --- | --- | --- | --- |"] + ["| " + " | ".join(r) + " |" for r in rows]
+    )
     for r in rows:
         print("  ".join(r))
     intro = (
@@ -226,8 +229,17 @@ def main() -> None:
     parser.add_argument("--give-up", type=float, default=1200.0, help="seconds before a variant is cut off")
     args = parser.parse_args()
     outcomes = [
-        variant("flow control", runs=args.runs, limit=args.limit, window=args.window, flow=True, give_up=args.give_up),
-        variant("baseline", runs=args.runs, limit=args.limit, window=args.window, flow=False, give_up=args.give_up),
+        variant(
+            "flow control",
+            runs=args.runs,
+            limit=args.limit,
+            window=args.window,
+            flow=True,
+            give_up=args.give_up,
+        ),
+        variant(
+            "baseline", runs=args.runs, limit=args.limit, window=args.window, flow=False, give_up=args.give_up
+        ),
     ]
     report(outcomes, runs=args.runs, limit=args.limit, window=args.window)
 
