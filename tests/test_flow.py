@@ -272,3 +272,33 @@ def test_a_plugin_queue_gets_its_runs(db, redis_client: redis.Redis) -> None:  #
     publish("alpha", 2)
     assert consumer.loop_once(now, block=False).dispatched == 2
     assert redis_client.llen(keys.celery_queue("slow")) == 2 and not broker_tasks(redis_client)
+
+
+def test_status_shows_flow_control(db, redis_client: redis.Redis, setenv) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from tests.test_cli import invoke
+
+    setenv(FIRST_SIP_MAX_CONCURRENCY="alpha=2", FIRST_SIP_LLM_RPM="30")
+    add_plugin("alpha")
+    add_plugin("beta")
+    consumer, now = _consumer("c1", max_concurrency="alpha=2", llm_rpm=30)
+    publish("alpha", 5)
+    publish("beta", 1)
+    consumer.loop_once(now, block=False)
+    model = consumer._gate.budget.model
+    ModelBudget(model, limit=30, window_seconds=60).take(redis_client)
+    ModelBudget(model, limit=30, window_seconds=60).pause(redis_client, 30)
+    rows = {r["plugin"]: r for r in json.loads(invoke("status", "--json").stdout)}
+    alpha, beta = rows["alpha"], rows["beta"]
+    assert (alpha["max_concurrency"], alpha["in_flight"], alpha["waiting"], alpha["queue"]) == (
+        2,
+        2,
+        3,
+        "runs",
+    )
+    assert (beta["max_concurrency"], beta["in_flight"], beta["waiting"]) == (None, None, 0)
+    assert alpha["model"]["name"] == model and alpha["model"]["budget_used"] == 1
+    assert alpha["model"]["budget_limit"] == 30 and alpha["model"]["paused_until"] is not None
+    text = invoke("status").stdout
+    assert "2/2" in text and f"model {model}: budget 1/30 per 60s; paused until" in text
