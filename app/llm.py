@@ -43,8 +43,12 @@ def model_name(settings: Settings) -> str:
     return settings.llm_model or OFFLINE_MODEL
 
 
-def make_llm(settings: Settings | None = None) -> Any:
-    """A new LLM instance for one run (a CrewAI ``BaseLLM``)."""
+def make_llm(settings: Settings | None = None, *, interceptor: Any = None) -> Any:
+    """A new LLM instance for one run (a CrewAI ``BaseLLM``).
+
+    ``interceptor``: a CrewAI transport interceptor for the configured model's HTTP
+    requests (flow control's provider gate); the offline model makes none.
+    """
     settings = settings or get_settings()
     problem = llm_problem(settings)
     if problem:
@@ -55,7 +59,7 @@ def make_llm(settings: Settings | None = None) -> Any:
     if settings.llm_model:
         from crewai import LLM
 
-        return LLM(model=settings.llm_model)
+        return LLM(model=settings.llm_model, interceptor=interceptor)
     from app.execution.offline_llm import OfflineLLM
 
     return OfflineLLM(model=OFFLINE_MODEL, delay_seconds=settings.offline_llm_delay_seconds)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -44,6 +45,7 @@ from app.execution.lease import Lease
 from app.execution.outcome import error_message, is_transient
 from app.execution.retry import backoff_seconds
 from app.execution.runner import CrewJob, Verdict, supervise
+from app.flow.budget import BudgetWaitExpired
 from app.flow.policy import plugin_cap
 from app.flow.worker import RunSlot
 from app.llm import make_llm, model_name
@@ -160,7 +162,8 @@ def _run_leased(claimed: runs.ClaimedRun, settings: Settings, lease: Lease, slot
         slot.hold(plugin_cap(plugin.name, plugin.manifest.max_concurrency, settings))
         crew_folder = entry_point_file(plugin)[0].parent
         effective = validate_settings(plugin, claimed.input)
-        llm = make_llm(settings)
+        gate = _provider_gate(settings)
+        llm = make_llm(settings, interceptor=gate)
     except SettingsValidationError as exc:
         issues = "; ".join(str(issue) for issue in exc.errors)
         return _fail(lease, f"invalid input for plugin {claimed.plugin}: {issues}")
@@ -176,6 +179,8 @@ def _run_leased(claimed: runs.ClaimedRun, settings: Settings, lease: Lease, slot
     )
     job = CrewJob(plugin, ctx, model_name(settings))
     timeout = settings.run_timeout(plugin.manifest.timeout_seconds)
+    if gate is not None:
+        gate.bind(stopped=ctx.stopped, deadline=time.monotonic() + timeout)
     log.info("running crew (time limit %s s)", timeout)
     verdict = supervise(job, lease=lease, timeout=timeout)
     if verdict is Verdict.TIMED_OUT:
@@ -186,7 +191,29 @@ def _run_leased(claimed: runs.ClaimedRun, settings: Settings, lease: Lease, slot
     if job.output is not None:
         return _complete(lease, job.output)
     assert job.error is not None
-    return _failure(lease, job.error, settings)
+    # A request that never got a turn in the model's budget surfaces from the provider SDK
+    # as a connection error; the run's error says what really happened.
+    return _failure(lease, _flow_cause(job.error) or job.error, settings)
+
+
+def _provider_gate(settings: Settings) -> Any:
+    """Flow control's gate for the configured model's HTTP requests (None for the offline model)."""
+    if not settings.llm_model:
+        return None
+    from app.flow.interceptor import ProviderGate  # imports CrewAI: worker only
+
+    return ProviderGate(settings)
+
+
+def _flow_cause(exc: BaseException) -> BudgetWaitExpired | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, BudgetWaitExpired):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _with_abandoned(finish: Finish, job: CrewJob) -> Finish:

@@ -232,7 +232,10 @@ class StreamConsumer:
             with self.client.pipeline(transaction=False) as pipe:
                 for plugin in streams:
                     pipe.xreadgroup(keys.GROUP, self.name, {keys.stream(plugin): ">"}, count=count)
-                replies = pipe.execute(raise_on_error=False)
+                # A provider's 429 pause, read in the same round trip (flow control).
+                pipe.pttl(self._gate.pause_key)
+                *replies, pause = pipe.execute(raise_on_error=False)
+            self._gate.note_pause(pause)
         entries: list[Entry] = []
         for plugin, reply in zip(streams, replies, strict=True):
             if isinstance(reply, redis.ResponseError) and missing_group(reply):

@@ -15,9 +15,10 @@ entry goes only with a slot (:mod:`app.flow.slots`).
 
 Guarantees:
 
-* A plugin with no cap and a model with no budget cost no Redis command,
-  except one pause check every :data:`PAUSE_CHECK_SECONDS`; otherwise one
-  pipelined round trip per batch for the model and one for the slots.
+* A plugin with no cap and a model with no budget cost no round trip: the
+  consumer reads the pause (PTTL) in the same pipeline as its XREADGROUPs;
+  otherwise one pipelined round trip per batch for the model and one for the
+  slots.
 * A held entry is never dead-lettered for having waited: its idle time is
   refreshed (XCLAIM ... JUSTID) every third of the visibility timeout, so the
   group's reclaim leaves it alone, and the delivery a reclaim counted for it
@@ -44,7 +45,7 @@ from app.streams.dispatch import Dispatch
 
 log = logging.getLogger(__name__)
 
-#: Without a budget the consumer still honours a 429 pause, looking at most this often.
+#: When no read brought the pause state (every stream held back), Redis is asked at most this often.
 PAUSE_CHECK_SECONDS = 0.5
 
 
@@ -70,7 +71,8 @@ class FlowGate:
     #: Entries the last :meth:`admit` held that were not held before it.
     newly_held: int = 0
     _model_state: BudgetState | None = None
-    _model_checked: float = -1e9
+    _paused_until: float = 0.0
+    _pause_noted: float = -1e9
     _last_touch: float = 0.0
 
     def __post_init__(self) -> None:
@@ -90,10 +92,24 @@ class FlowGate:
 
     def block_seconds(self, longest: float) -> float:
         """How long the consumer may sleep on the doorbell: until the budget or pause allows more."""
-        state = self._model_state
-        if self.held_count and state is not None and state.wait_seconds > 0:
-            return max(0.01, min(longest, state.wait_seconds))
-        return longest
+        if not self.held_count:
+            return longest
+        waits = [self._paused_until - self.clock()]
+        if self._model_state is not None:
+            waits.append(self._model_state.wait_seconds)
+        wait = max(waits)
+        return max(0.01, min(longest, wait)) if wait > 0 else longest
+
+    @property
+    def pause_key(self) -> str:
+        """The model's pause key; the consumer reads its PTTL with every read of the streams."""
+        return keys.pause(self.budget.model)
+
+    def note_pause(self, reply: Any) -> None:
+        """A PTTL reply for :attr:`pause_key` (ms left, negative when not paused)."""
+        now = self.clock()
+        ms = int(reply) if not isinstance(reply, Exception) else 0
+        self._paused_until, self._pause_noted = now + max(ms, 0) / 1000, now
 
     # ---- admission ---------------------------------------------------------------------------
 
@@ -101,8 +117,8 @@ class FlowGate:
         """The entries that may go to Celery now (held ones first); the rest are held."""
         waiting = [h.item for per in self.held.values() for h in per.values()]
         self.newly_held = 0
-        if not waiting and not self.caps and self.budget.limit is None and not self._pause_due():
-            return items  # the hot path: no flow control configured, no pause to look at
+        if not waiting and not self.caps and self.budget.limit is None and not self._paused():
+            return items  # the hot path: no flow control configured, and no pause
         seen = {(i.plugin, i.entry_id) for i in waiting}
         candidates = waiting + [i for i in items if (i.plugin, i.entry_id) not in seen]
         allowance = self._model_allowance()
@@ -111,15 +127,19 @@ class FlowGate:
         self._update_held(candidates, admitted)
         return admitted
 
-    def _pause_due(self) -> bool:
-        return self.clock() - self._model_checked >= PAUSE_CHECK_SECONDS
+    def _paused(self) -> bool:
+        """Whether the model is paused; asks Redis only if no read brought the answer lately."""
+        now = self.clock()
+        if now - self._pause_noted >= PAUSE_CHECK_SECONDS:
+            self.note_pause(self.client.pttl(self.pause_key))
+            now = self.clock()
+        return now < self._paused_until
 
     def _model_allowance(self) -> int | None:
         """How many entries may go for the model now (None: no limit)."""
         limited = self.budget.limit is not None
-        if not limited and not self._pause_due():
-            paused = self._model_state is not None and self._model_state.paused_seconds > 0
-            return 0 if paused else None
+        if not limited:
+            return 0 if self._paused() else None
         queues = sorted(set(self.queues.values())) if limited else []
         # Runs sent but not started yet will each make a request soon: they count against the room.
         reply, *lengths = eval_all(
@@ -132,12 +152,10 @@ class FlowGate:
                 raise answer
         backlog = sum(int(n) for n in lengths)
         state = self._model_state = BudgetState.from_reply(reply)
-        self._model_checked = self.clock()
+        self.note_pause(int(state.paused_seconds * 1000))
         if state.paused_seconds > 0:
             return 0
-        if self.budget.limit is None:
-            return None
-        return max(0, self.budget.limit - state.used - backlog)
+        return max(0, (self.budget.limit or 0) - state.used - backlog)
 
     def _take_slots(self, allowed: list[Dispatch]) -> list[Dispatch]:
         by_plugin: dict[str, list[Dispatch]] = {}
