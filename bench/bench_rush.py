@@ -40,6 +40,8 @@ from bench.common import ROOT, private_environment, write_section
 BENCH_PLUGINS = ROOT / "bench" / "plugins"
 PLUGIN = "rush"
 CALLS_PER_RUN = 1
+#: Runs done before the rush so every worker has imported CrewAI and opened its connections.
+WARM_UP_RUNS = 32
 
 
 @dataclass
@@ -54,6 +56,9 @@ class Outcome:
     rejected: int
     statuses: dict[str, int]
     max_in_window: int
+    #: Seconds from the rush (publish) to the first and the last request at the provider.
+    first_request: float
+    last_request: float
 
 
 def _processes(env: dict[str, str], stack: ExitStack) -> None:
@@ -77,17 +82,23 @@ def _processes(env: dict[str, str], stack: ExitStack) -> None:
     beat.start(ready=r"beat: Starting", timeout=180)
 
 
-def _publish(runs: int) -> None:
-    """The rush: ``runs`` rows due now, published in batches of 1,000 as the scheduler does."""
-    from app.db.engine import get_engine, session_scope
-    from app.db.models import PluginRow, User
+def _setup() -> None:
+    from app.db.engine import session_scope
+    from app.db.models import User
     from app.plugins.registry import discover
     from app.plugins.sync import sync_plugins
-    from app.streams.producer import load_refs, publish_runs
 
     with session_scope() as session:
         sync_plugins(session, discover(BENCH_PLUGINS))
         session.add(User(email="rush@example.com"))
+
+
+def _publish(runs: int) -> None:
+    """``runs`` rows due now, published in batches of 1,000 as the scheduler does."""
+    from app.db.engine import get_engine, session_scope
+    from app.db.models import PluginRow
+    from app.streams.producer import load_refs, publish_runs
+
     with get_engine().begin() as conn:
         plugin_id = conn.execute(select(PluginRow.id).where(PluginRow.name == PLUGIN)).scalar_one()
         conn.execute(
@@ -108,6 +119,13 @@ def _now() -> Any:
     from app.db.models import utcnow
 
     return utcnow()
+
+
+def _forget_budget(model: str) -> None:
+    from app.redis_client import get_redis
+    from app.streams import keys
+
+    get_redis().delete(keys.budget(model), keys.pause(model))
 
 
 def _statuses() -> dict[str, int]:
@@ -140,25 +158,41 @@ def variant(name: str, *, runs: int, limit: int, window: float, flow: bool, give
             **server.env(),
             "PLUGINS_DIR": str(BENCH_PLUGINS),
             "SCHEDULER_TICK_SECONDS": "1",
-            "LOG_LEVEL": "WARNING",
+            # INFO: the readiness lines are INFO (the processes' logs go to test-artifacts/).
+            "LOG_LEVEL": "INFO",
         }
         if flow:
             env.update(FIRST_SIP_LLM_RPM=str(limit), FIRST_SIP_LLM_BUDGET_WINDOW_SECONDS=str(window))
         else:
             env.update(FIRST_SIP_LLM_PAUSE_ON_429="false")
         _processes(env, stack)
-        started = time.monotonic()
-        _publish(runs)
+        _setup()
         terminal = {s.value for s in TERMINAL_STATUSES}
-        finished = False
-        while time.monotonic() - started < give_up:
-            statuses = _statuses()
-            if sum(n for s, n in statuses.items() if s in terminal) >= runs:
-                finished = True
-                break
-            time.sleep(0.5)
+
+        def wait_terminal(n: int, limit_s: float) -> bool:
+            deadline = time.monotonic() + limit_s
+            while time.monotonic() < deadline:
+                if sum(c for s, c in _statuses().items() if s in terminal) >= n:
+                    return True
+                time.sleep(0.5)
+            return False
+
+        # Warm workers, as at 06:00 (CrewAI imported, connections open); then a clean slate.
+        _publish(WARM_UP_RUNS)
+        if not wait_terminal(WARM_UP_RUNS, 300) or _statuses() != {"completed": WARM_UP_RUNS}:
+            raise RuntimeError(f"warm-up runs did not complete: {_statuses()}")
+        time.sleep(window * 1.1)
+        _forget_budget(env["FIRST_SIP_LLM_MODEL"])
+        server.reset()
+        started = time.monotonic()
+        # The server records time.time(); the offsets below are from this moment.
+        started_wall = time.time()
+        _publish(runs)
+        finished = wait_terminal(WARM_UP_RUNS + runs, give_up)
         seconds = time.monotonic() - started
         statuses = _statuses()
+        statuses["completed"] = statuses.get("completed", 0) - WARM_UP_RUNS
+        statuses = {s: n for s, n in statuses.items() if n}
         requests = server.completions()
     return Outcome(
         name=name,
@@ -169,6 +203,8 @@ def variant(name: str, *, runs: int, limit: int, window: float, flow: bool, give
         rejected=sum(1 for r in requests if r.status == 429),
         statuses=dict(Counter(statuses)),
         max_in_window=_most_in_window([r.monotonic for r in requests if r.status == 200], window),
+        first_request=min((r.at for r in requests), default=started_wall) - started_wall,
+        last_request=max((r.at for r in requests), default=started_wall) - started_wall,
     )
 
 
@@ -187,7 +223,7 @@ def dispatch_costs(runs: int, rounds: int) -> dict[str, float]:
 
     variants = {
         "no flow control": {},
-        "cap that never binds": {"max_concurrency": "bench=1000000"},
+        "cap that never binds": {"max_concurrency": "bench=100000"},
         "budget that never binds": {"llm_rpm": 100_000_000},
     }
     samples: dict[str, list[float]] = {name: [] for name in variants}
@@ -221,11 +257,12 @@ def report(outcomes: list[Outcome], *, runs: int, limit: int, window: float, cos
                 f"{o.seconds:.0f} s ({o.seconds / minimum:.2f}x)" + ("" if o.finished else ", unfinished"),
                 ", ".join(f"{k} {v}" for k, v in sorted(o.statuses.items())),
                 f"{o.max_in_window} / {limit}",
+                f"{o.first_request:.1f} s / {o.last_request:.0f} s",
             )
         )
-    head = "| variant | requests per run (x min) | 429s | time to finish (x min) | runs | most accepted in a window |"
+    head = "| variant | requests per run (x min) | 429s | time to finish (x min) | runs | most accepted in a window | first / last request |"
     table = "\n".join(
-        [head, "| --- | --- | --- | --- | --- | --- |"] + ["| " + " | ".join(r) + " |" for r in rows]
+        [head, "| --- | --- | --- | --- | --- | --- | --- |"] + ["| " + " | ".join(r) + " |" for r in rows]
     )
     for r in rows:
         print("  ".join(r))
