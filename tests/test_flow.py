@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
 
 from app.config import get_settings, parse_caps
+from app.db.models import RunStatus, utcnow
 from app.errors import ConfigurationError, PluginError
 from app.flow import slots
 from app.flow.budget import BudgetWaitExpired, ModelBudget, wait_turn
@@ -32,6 +34,7 @@ from tests.test_streams_support import (
     make_consumer,
     pending,
     publish,
+    set_run,
     shutdown_consumers,  # noqa: F401 (autouse fixture)
 )
 
@@ -132,6 +135,8 @@ def test_slots_never_exceed_the_cap_under_concurrent_consumers(redis_client: red
 
 
 def test_a_slot_expires_with_its_lease(redis_client: redis.Redis) -> None:
+    # Dispatched with a long dispatch lease; the worker's claim replaces it with the run's lease.
+    slots.acquire(redis_client, "alpha", ["dead-worker-run"], cap=1, lease_seconds=60)
     slots.hold(redis_client, "alpha", "dead-worker-run", lease_seconds=0.3)
     assert slots.acquire(redis_client, "alpha", ["next"], cap=1, lease_seconds=60).granted == frozenset()
     time.sleep(0.4)  # the holder never renewed: its lease is over
@@ -164,7 +169,11 @@ def test_waiting_for_a_turn_is_bounded_by_deadline_and_stop(redis_client: redis.
     stopped = threading.Event()
     threading.Timer(0.2, stopped.set).start()
     with pytest.raises(BudgetWaitExpired, match="stopped"):
-        wait_turn(redis_client, budget, stopped=stopped)
+        wait_turn(redis_client, budget, stopped=stopped)  # while waiting
+    redis_client.delete(keys.pause("openai/gpt-test"))
+    with pytest.raises(BudgetWaitExpired, match="stopped"):
+        wait_turn(redis_client, budget, stopped=stopped)  # a stopped run gets no turn at all
+    budget.pause(redis_client, 30)
     redis_client.delete(keys.pause("openai/gpt-test"))
     budget.pause(redis_client, 0.3)
     assert wait_turn(redis_client, budget, stopped=threading.Event()) >= 0.2  # waits out a short pause
@@ -202,12 +211,21 @@ def test_a_capped_plugin_waits_in_its_stream_and_goes_as_slots_free(db, redis_cl
 
 def test_held_entries_are_never_dead_lettered_for_waiting(db, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
     add_plugin("alpha")
-    flow = {"max_concurrency": "alpha=1", "visibility_timeout_seconds": 1, "max_deliveries": 2}
-    c1, now = _consumer("c1", **flow)
-    c2, _ = _consumer("c2", **flow)
+    flow = {
+        "max_concurrency": "alpha=1",
+        "visibility_timeout_seconds": 1,
+        "max_deliveries": 2,
+    }
+    # c1 never reclaims (its touch alone keeps what it holds); c2 reclaims every 0.2 s.
+    c1, now = _consumer("c1", **flow, reclaim_interval_seconds=3600)
+    c2, _ = _consumer("c2", **flow, reclaim_interval_seconds=0.2)
     publish("alpha", 4)
     assert c1.loop_once(now, block=False).dispatched == 1
-    redis_client.delete(keys.celery_queue("runs"))  # a worker took the task and runs it
+    (task,) = broker_tasks(redis_client)
+    redis_client.delete(keys.celery_queue("runs"))  # a worker took the task and runs it:
+    set_run(
+        uuid.UUID(task.run_id), status=RunStatus.PROCESSING, lease_expires_at=utcnow() + timedelta(days=30)
+    )
     # Many visibility timeouts pass while c1 holds three entries: c2's reclaim never takes them.
     deadline = time.monotonic() + 4
     while time.monotonic() < deadline:
@@ -215,7 +233,10 @@ def test_held_entries_are_never_dead_lettered_for_waiting(db, redis_client: redi
         c2.loop_once(later(datetime.now(UTC)), block=False)
         time.sleep(0.1)
     owners = pending(redis_client, "alpha")
-    assert sorted(owners.values()) == [("c1", 1)] * 4 and not dead_letters(redis_client, "alpha")
+    held = {e: owner for e, owner in owners.items() if e != task.kwargs["entry_id"]}
+    assert sorted(held.values()) == [("c1", 1)] * 3 and not dead_letters(redis_client, "alpha")
+    assert owners[task.kwargs["entry_id"]][1] == 1  # the running one: kept, not counted
+    assert c2.totals.held == 0  # c1 kept its held entries fresh: c2's reclaim never got one
     # c1 dies; its entries go idle and c2's reclaim takes them over (the dispatched run's lease
     # is alive, so its entry is kept; the held ones are offered to c2's gate, which holds them).
     age(redis_client, "alpha")
@@ -225,7 +246,7 @@ def test_held_entries_are_never_dead_lettered_for_waiting(db, redis_client: redi
         c2.loop_once(later(datetime.now(UTC), 7200 * 3), block=False)
     assert not dead_letters(redis_client, "alpha")
     counts = sorted(count for _owner, count in pending(redis_client, "alpha").values())
-    assert counts[:3] == [1, 1, 1], counts
+    assert counts == [1, 1, 1, 1], counts
     slots.release(redis_client, "alpha", broker_run := next(iter(_run_ids_in_slots(redis_client))))
     assert broker_run
     assert c2.loop_once(datetime.now(UTC), block=False).dispatched == 1

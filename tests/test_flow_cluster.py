@@ -203,7 +203,14 @@ def test_a_429_pauses_dispatch_and_requests_cluster_wide(redis_client: redis.Red
 
 def test_a_killed_workers_slot_comes_back_after_its_lease(redis_client: redis.Redis) -> None:
     with LLMServer() as server:
-        env = _env(server, FIRST_SIP_MAX_CONCURRENCY=f"{PLUGIN}=1", LEASE_SECONDS="3")
+        # The dead worker's run is reclaimed only after 40 s: the waiting run must get the
+        # slot before that, from the lease's end alone.
+        env = _env(
+            server,
+            FIRST_SIP_MAX_CONCURRENCY=f"{PLUGIN}=1",
+            LEASE_SECONDS="3",
+            VISIBILITY_TIMEOUT_SECONDS="40",
+        )
         server.enqueue(Reply(hang=True))  # the first run's request never answers: its worker dies
         with cluster(env, workers=1) as procs:
             stuck, waiting = submit(2, calls=1)
@@ -213,6 +220,8 @@ def test_a_killed_workers_slot_comes_back_after_its_lease(redis_client: redis.Re
             assert statuses([waiting]) == {waiting: RunStatus.QUEUED}
             server.release()
             with cluster(env, workers=1, consumers=0):
+                assert wait_done([waiting]) == {waiting: RunStatus.COMPLETED}
+                assert statuses([stuck]) == {stuck: RunStatus.PROCESSING}  # not reclaimed yet
                 done = wait_done([stuck, waiting])
             assert set(done.values()) == {RunStatus.COMPLETED}
         assert slots.in_flight(redis_client, [PLUGIN]) == {PLUGIN: 0}

@@ -110,6 +110,8 @@ def wait_turn(
     """
     started = clock()
     while True:
+        if stopped.is_set():  # the framework gave up on the run: it sends nothing more
+            raise BudgetWaitExpired(f"LLM model {budget.model}: the run was stopped; request not sent")
         state = budget.take(client)
         if state.granted:
             return float(clock() - started)
@@ -120,6 +122,5 @@ def wait_turn(
                 f"({'paused after a 429' if state.paused_seconds else 'request budget used up'}; "
                 f"next turn in {state.wait_seconds:.1f} s)"
             )
-        # Wake a little early is pointless (the script says when); a stop ends the wait at once.
-        if stopped.wait(state.wait_seconds):
-            raise BudgetWaitExpired(f"LLM model {budget.model}: the run was stopped while waiting for a turn")
+        # Waking early is pointless (the script says when); a stop ends the wait at once.
+        stopped.wait(state.wait_seconds)

@@ -23,9 +23,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-#: KEYS[1] in-flight set; ARGV cap (0: none), lease ms, run ids...
+#: KEYS[1] in-flight set; ARGV cap, lease ms, run ids...
 #: Drops expired slots, then takes one per run id while under the cap. A run that already
-#: holds a slot keeps it (its lease is extended). Returns {runs in flight, granted ids...}.
+#: holds a slot keeps it (its expiry is extended, never shortened). Cap 0 is a worker's
+#: claim or lease renewal: no cap, and the expiry is set to the lease (not kept longer), so
+#: a dead worker's slot ends with its lease. Returns {runs in flight, granted ids...}.
 ACQUIRE = (
     _NOW
     + """
@@ -36,10 +38,13 @@ local count = redis.call('ZCARD', KEYS[1])
 local out = {0}
 for i = 3, #ARGV do
   local id = ARGV[i]
-  if redis.call('ZSCORE', KEYS[1], id) then
+  if cap == 0 then
+    if redis.call('ZADD', KEYS[1], expiry, id) == 1 then count = count + 1 end
+    out[#out + 1] = id
+  elseif redis.call('ZSCORE', KEYS[1], id) then
     redis.call('ZADD', KEYS[1], 'GT', expiry, id)
     out[#out + 1] = id
-  elseif cap == 0 or count < cap then
+  elseif count < cap then
     redis.call('ZADD', KEYS[1], expiry, id)
     count = count + 1
     out[#out + 1] = id

@@ -117,6 +117,8 @@ class FlowGate:
         """The entries that may go to Celery now (held ones first); the rest are held."""
         waiting = [h.item for per in self.held.values() for h in per.values()]
         self.newly_held = 0
+        if not waiting and not items:
+            return []
         if not waiting and not self.caps and self.budget.limit is None and not self._paused():
             return items  # the hot path: no flow control configured, and no pause
         seen = {(i.plugin, i.entry_id) for i in waiting}
@@ -125,6 +127,7 @@ class FlowGate:
         allowed = candidates if allowance is None else candidates[:allowance]
         admitted = self._take_slots(allowed)
         self._update_held(candidates, admitted)
+        self._reclaimed_while_held([i for i in items if (i.plugin, i.entry_id) in seen])
         return admitted
 
     def _paused(self) -> bool:
@@ -199,6 +202,19 @@ class FlowGate:
         self.newly_held = len(newly_held)
         if newly_held:
             log.debug("holding %d entries back (flow control)", len(newly_held))
+
+    def _reclaimed_while_held(self, again: list[Dispatch]) -> None:
+        """Entries we hold that a reclaim claimed again (their idle time lapsed): undo its count."""
+        fixes = []
+        for item in again:
+            held = self.held.get(item.plugin, {}).get(item.entry_id)
+            if held is None:
+                continue  # it went to Celery in this very admit
+            held.touched = self.clock()
+            target = max(held.item.delivery_count - 1, 1)
+            if item.delivery_count != target:
+                fixes.append((item, target))
+        self._set_counts(fixes)
 
     def _set_counts(self, items: list[tuple[Dispatch, int]]) -> None:
         if not items:
