@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from app.db.models import (
     utcnow,
 )
 from app.errors import FirstSipError, NotFoundError, PluginDisabledError, RunStateError
+from app.execution import attempts
 from app.plugins.settings import spec_from_row, validate_settings
 from app.scheduling import ScheduleError, next_run_at, zone
 
@@ -79,6 +80,10 @@ class RunInfo:
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+    #: One entry per ended attempt (outcome, times, error, token usage), oldest first.
+    attempt_log: list[dict[str, Any]] = field(default_factory=list)
+    #: Token usage summed over every attempt, failed ones included.
+    total_usage: dict[str, int] = field(default_factory=dict)
 
     @property
     def is_terminal(self) -> bool:
@@ -132,6 +137,8 @@ def _run_info(run: PluginRun, plugin: str) -> RunInfo:
         created_at=run.created_at,
         started_at=run.started_at,
         completed_at=run.completed_at,
+        attempt_log=list(run.attempt_log or []),
+        total_usage=attempts.totals(run.attempt_log),
     )
 
 

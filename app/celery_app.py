@@ -129,13 +129,16 @@ def _check_worker(**_: Any) -> None:
     import logging
 
     from app.execution import runtime
-    from app.llm import llm_problem
+    from app.llm import startup_problem
 
-    problem = llm_problem(get_settings())
-    if problem:
-        logging.getLogger(__name__).critical("refusing to start the worker: %s", problem)
-        raise SystemExit(f"refusing to start the worker: {problem}")
     runtime.configure_environment()
+    # Construct the configured LLM and its client as a run would (this imports CrewAI here, in
+    # the worker's main process; pool children reset what they inherit: runtime.after_fork).
+    problem = startup_problem(get_settings())
+    if problem:
+        # One line (the log record; Python prints it plainly if logging is not set up yet), exit 1.
+        logging.getLogger(__name__).critical("refusing to start the worker: %s", problem)
+        raise SystemExit(1)
 
 
 @signals.worker_process_init.connect

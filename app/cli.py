@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from app.commands import consumer, db, dlq, ops, plugins, runs, status, users
+from app.commands import consumer, db, dlq, llm, ops, plugins, runs, status, users
 
 cli = typer.Typer(
     name="first-sip",
@@ -29,6 +29,7 @@ cli.command("flower")(ops.flower)
 cli.command("demo")(ops.demo)
 cli.command("consumer")(consumer.consumer)
 cli.add_typer(dlq.app, name="dlq")
+cli.add_typer(llm.app, name="llm")
 
 
 def main() -> None:

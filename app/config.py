@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.errors import ConfigurationError
@@ -93,6 +93,18 @@ class Settings(BaseSettings):
     llm_model: str | None = Field(default=None, alias="FIRST_SIP_LLM_MODEL")
     #: Benchmarks only: seconds the offline LLM sleeps per call.
     offline_llm_delay_seconds: float = Field(default=0.0, ge=0, alias="FIRST_SIP_OFFLINE_LLM_DELAY")
+    #: Seconds one provider request may take (connect + read), capped at half the run's time limit,
+    #: so a hung provider is a retryable error long before the run's limit.
+    llm_timeout_seconds: float = Field(default=60.0, gt=0, le=3600, alias="FIRST_SIP_LLM_TIMEOUT_SECONDS")
+    #: The provider client's own retries per LLM call. Our attempts (MAX_ATTEMPTS) are the retry policy.
+    llm_max_retries: int = Field(default=0, ge=0, le=5, alias="FIRST_SIP_LLM_MAX_RETRIES")
+    #: Ask the provider for streamed answers (usage still recorded: stream_options.include_usage).
+    llm_stream: bool = Field(default=False, alias="FIRST_SIP_LLM_STREAM")
+    #: An OpenAI-compatible server for ``openai/<model>`` (the OpenAI SDK's own variables). Passed to
+    #: CrewAI explicitly, so a model name OpenAI does not publish is accepted for such a server.
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "OPENAI_API_BASE")
+    )
 
     # Execution.
     default_run_timeout_seconds: int = Field(default=600, ge=1)
@@ -101,6 +113,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     retry_base_seconds: float = Field(default=10.0, gt=0)
     retry_max_seconds: float = Field(default=600.0, gt=0)
+    #: The longest provider Retry-After honoured; a longer one is cut to this.
+    retry_after_max_seconds: float = Field(default=3600.0, gt=0)
     worker_max_tasks_per_child: int = Field(default=200, ge=1)
 
     # Streams.
@@ -161,6 +175,15 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, value: str) -> str:
         if not re.match(r"^(redis|rediss|unix)://", value):
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("OPENAI_BASE_URL must be an http:// or https:// URL")
         return value
 
     @field_validator("redis_key_prefix")

@@ -75,3 +75,19 @@ class TransientError(FirstSipError):
 
 class PermanentError(FirstSipError):
     """A failure that a retry would only repeat (plugin bug, invalid input or output)."""
+
+
+class CallRefused(FirstSipError):
+    """A per-run gate refused an LLM call, provider request or tool call before it was made."""
+
+
+class RunStopped(CallRefused):
+    """The framework gave up on the run (time limit, cancellation): its crew may call nothing more."""
+
+
+class RunFailed(FirstSipError):
+    """Raised by ``execute_run`` when its run failed, so Celery and Flower show FAILURE with the error."""
+
+
+class RetryScheduled(FirstSipError):
+    """Carried by the Celery ``Retry`` of a run whose next attempt is scheduled (Flower shows RETRY)."""

@@ -1,9 +1,10 @@
 """The operator's view of the pipeline, per plugin (``first-sip status``).
 
 Reads only: stream length, pending entries, the oldest pending entry's idle
-time, consumer-group lag, dead letters, runs by status in the last 24 hours,
-and the schedule lag (now minus the oldest due ``next_run_at``). A missing
-stream or group reads as zero; Redis being down is reported, not raised.
+time, consumer-group lag, dead letters, runs by status and the tokens they
+spent (every attempt) in the last 24 hours, and the schedule lag (now minus
+the oldest due ``next_run_at``). A missing stream or group reads as zero;
+Redis being down is reported, not raised.
 
 Flow control: per plugin its queue, runs in flight / cap (capped plugins) and
 entries waiting in the stream (not yet sent to Celery: unread, plus pending
@@ -38,6 +39,8 @@ class PluginStatus:
     group_lag: int | None = None
     dead_letters: int = 0
     runs_24h: dict[str, int] = field(default_factory=dict)
+    #: Tokens spent by the runs created in the last 24 hours, every attempt included.
+    tokens_24h: int = 0
     schedule_lag_seconds: float | None = None
     redis_error: str | None = None
     queue: str = "runs"
@@ -96,7 +99,12 @@ def pipeline_status(*, now: datetime | None = None) -> list[PluginStatus]:
             ).order_by(PluginRow.name)
         ).all()
         counts = session.execute(
-            select(PluginRun.plugin_id, PluginRun.status, func.count())
+            select(
+                PluginRun.plugin_id,
+                PluginRun.status,
+                func.count(),
+                func.coalesce(func.sum(PluginRun.total_tokens), 0),
+            )
             .where(PluginRun.created_at >= now - timedelta(hours=24))
             .group_by(PluginRun.plugin_id, PluginRun.status)
         ).all()
@@ -108,14 +116,21 @@ def pipeline_status(*, now: datetime | None = None) -> list[PluginStatus]:
             ).all()
         )
     by_plugin: dict[int, dict[str, int]] = {}
-    for plugin_id, run_status, count in counts:
+    tokens: dict[int, int] = {}
+    for plugin_id, run_status, count, spent in counts:
         by_plugin.setdefault(plugin_id, {})[run_status] = count
+        tokens[plugin_id] = tokens.get(plugin_id, 0) + int(spent)
     client = get_redis()
     settings = get_settings()
     model = _model_figures(client, now)
     result = []
     for plugin_id, name, enabled, manifest_cap, queue in plugins:
-        item = PluginStatus(plugin=name, enabled=enabled, runs_24h=by_plugin.get(plugin_id, {}))
+        item = PluginStatus(
+            plugin=name,
+            enabled=enabled,
+            runs_24h=by_plugin.get(plugin_id, {}),
+            tokens_24h=tokens.get(plugin_id, 0),
+        )
         item.queue, item.model = queue, model
         item.max_concurrency = plugin_cap(name, manifest_cap, settings)
         due = oldest_due.get(plugin_id)

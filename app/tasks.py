@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.exceptions import Retry
+
 from app.celery_app import celery_app
+from app.errors import RunFailed
 
 
 def task_id_for(run_id: object, entry_id: str | None) -> str:
@@ -19,7 +22,13 @@ def task_id_for(run_id: object, entry_id: str | None) -> str:
     return f"run-{run_id}-{entry_id or 'direct'}"
 
 
-@celery_app.task(name="app.tasks.execute_run", acks_late=True, ignore_result=True)
+@celery_app.task(
+    name="app.tasks.execute_run",
+    acks_late=True,
+    ignore_result=True,
+    # Expected outcomes: logged by Celery as one line, without a traceback.
+    throws=(RunFailed, Retry),
+)
 def execute_run(
     run_id: str,
     *,
@@ -31,11 +40,17 @@ def execute_run(
     """Run ``run_id`` at most once to a terminal state, then XACK its stream entry if named.
 
     ``plugin`` is informational (visible in Flower); the run row is authoritative.
-    A duplicate delivery is a no-op.
+    The task's Celery state agrees with it: a failed run raises :class:`RunFailed`
+    (FAILURE, with the run's error), a scheduled retry raises Celery's ``Retry``
+    without publishing anything (RETRY; the next attempt comes from
+    ``next_attempt_at`` through the outbox, never a Celery countdown), and
+    everything else returns (SUCCESS: completed, cancelled, a duplicate
+    delivery's no-op). The message is acknowledged in every case (late ack;
+    acks on failure), so Celery never redelivers it.
     """
-    from app.execution.worker import execute
+    from app.execution.worker import celery_outcome, execute
 
-    return execute(run_id, plugin=plugin, stream=stream, group=group, entry_id=entry_id)
+    return celery_outcome(execute(run_id, plugin=plugin, stream=stream, group=group, entry_id=entry_id))
 
 
 @celery_app.task(name="app.tasks.schedule_due_runs", ignore_result=True)

@@ -79,6 +79,8 @@ class Reply:
     completion_tokens: int | None = None
     #: The error message of a non-200 answer (OpenAI's ``{"error": {...}}`` shape).
     error_message: str | None = None
+    #: Native tool calls to answer with instead of text (non-streaming only): (tool name, arguments).
+    tool_calls: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 @dataclass
@@ -386,7 +388,7 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.malformed or reply.truncated:
             self._broken_body(reply)
             return 200, None
-        self._json(200, self._completion(request, content, usage))
+        self._json(200, self._completion(request, reply, content, usage))
         return 200, usage
 
     def _error_reply(self, request: Request, reply: Reply) -> None:
@@ -406,7 +408,23 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"Retry-After": str(reply.retry_after)} if reply.retry_after is not None else {}
         self._json(reply.status, _error(message, kind, code), headers=headers)
 
-    def _completion(self, request: Request, content: str, usage: dict[str, int]) -> dict[str, Any]:
+    def _completion(
+        self, request: Request, reply: Reply, content: str, usage: dict[str, int]
+    ) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if reply.tool_calls:
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": f"call_{request.index}_{number}",
+                        "type": "function",
+                        "function": {"name": name, "arguments": json.dumps(arguments)},
+                    }
+                    for number, (name, arguments) in enumerate(reply.tool_calls)
+                ],
+            }
         return {
             "id": f"chatcmpl-test-{request.index}",
             "object": "chat.completion",
@@ -415,8 +433,8 @@ class _Handler(BaseHTTPRequestHandler):
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop",
+                    "message": message,
+                    "finish_reason": "tool_calls" if reply.tool_calls else "stop",
                     "logprobs": None,
                 }
             ],

@@ -12,13 +12,27 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from app import api
 from app.db.engine import session_scope
+from app.db.models import RunStatus
 from app.plugins.registry import discover
 from app.plugins.sync import sync_plugins
+from app.streams import keys
 from app.supervise import free_port
+from app.tasks import task_id_for
 from tests.conftest import ROOT, unique_email
+from tests.llm_server import LLMServer, Reply
+from tests.plugins.harness import (
+    PLUGINS_DIR,
+    dispatch,
+    get_run,
+    make_run,
+    pending_entry,
+    wait_for,
+    wait_for_entry_acked,
+)
 from tests.processes import ARTIFACTS, ManagedProcess, celery_worker
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -127,3 +141,95 @@ def test_flower_login_and_execute_run_visible(flower: str) -> None:
             finally:
                 browser.close()
         assert shot.stat().st_size > 10_000
+
+
+def _flower_task(flower: str, task_id: str, *, state: str, timeout: float = 60) -> dict[str, object]:
+    """The task as Flower's API shows it, once it reached ``state``."""
+    deadline = time.monotonic() + timeout
+    seen: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        status, body = _get(flower + f"/api/task/info/{task_id}", auth=AUTH)
+        if status == 200:
+            seen = json.loads(body)
+            if seen.get("state") == state:
+                return seen
+        time.sleep(0.5)
+    raise AssertionError(f"Flower never showed {task_id} as {state}: {seen}")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_flower_shows_a_failed_run_under_failed_and_a_retried_run_under_retried(
+    flower: str, redis_client: redis.Redis
+) -> None:
+    key = "sk-test-flower-0123456789abcdef"
+    with LLMServer() as server:
+        # The prompt names the run's topic: "refused" runs get a 401, "flaky" runs a 503.
+        server.script = lambda request: Reply(status=401 if "refused" in json.dumps(request.body) else 503)
+        env = {
+            **server.env(api_key=key),
+            "PLUGINS_DIR": PLUGINS_DIR,
+            "FIRST_SIP_LLM_MAX_RETRIES": "0",
+            "RETRY_BASE_SECONDS": "300",
+        }
+        failed = make_run("llm-chain", {"steps": 1, "topic": "refused"})
+        retried = make_run("llm-chain", {"steps": 1, "topic": "flaky"})
+        with celery_worker(pool="threads", concurrency=2, env=env) as worker:
+            entries = {}
+            for run_id in (failed, retried):
+                entries[run_id] = pending_entry(redis_client, "llm-chain", run_id)
+                dispatch(run_id, **entries[run_id])
+            failed_row = wait_for(failed)
+            retried_row = wait_for(retried, RunStatus.PENDING, attempts=1)
+            assert failed_row.status == RunStatus.FAILED
+            failed_task = task_id_for(failed, entries[failed]["entry_id"])
+            retried_task = task_id_for(retried, entries[retried]["entry_id"])
+            shown = _flower_task(flower, failed_task, state="FAILURE")
+            assert "RunFailed" in str(shown.get("exception"))
+            assert "HTTP 401 authentication failed" in str(shown.get("exception"))
+            assert key not in json.dumps(shown)
+            shown = _flower_task(flower, retried_task, state="RETRY")
+            assert "HTTP 503 server error" in str(shown.get("exception"))
+            # The raised outcome neither requeued the message nor skipped the stream's XACK.
+            for entry in entries.values():
+                wait_for_entry_acked(redis_client, entry)
+            time.sleep(2)
+            assert server.count() == 2, "a raised outcome must not make Celery deliver the task again"
+            # Acknowledged, not left for redelivery after the broker's visibility timeout.
+            assert redis_client.hlen(keys.celery_prefix() + "unacked") == 0
+            assert get_run(retried).attempts == 1 and get_run(failed).attempts == 1
+            assert retried_row.error_message is not None and "HTTP 503" in retried_row.error_message
+            assert key not in worker.output
+            _look_in_the_browser(flower, failed_task=failed_task, retried_task=retried_task)
+
+
+def _look_in_the_browser(flower: str, *, failed_task: str, retried_task: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
+        )
+        try:
+            context = browser.new_context(
+                http_credentials={"username": AUTH[0], "password": AUTH[1]},
+                viewport={"width": 1600, "height": 900},
+            )
+            page = context.new_page()
+            page.goto(flower + "/tasks")
+            for button, task_id, other, shot in (
+                ("Failed", failed_task, retried_task, "flower-failed.png"),
+                ("Retried", retried_task, failed_task, "flower-retried.png"),
+            ):
+                page.get_by_role("button", name=button, exact=True).click()
+                try:
+                    page.get_by_text(task_id).first.wait_for(timeout=20_000)
+                finally:
+                    page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+                assert page.get_by_text(other).count() == 0
+            page.goto(flower + f"/task/{failed_task}")
+            page.get_by_text("HTTP 401 authentication failed").first.wait_for(timeout=20_000)
+            page.screenshot(path=str(ARTIFACTS / "flower-failed-task.png"), full_page=True)
+        finally:
+            browser.close()

@@ -159,9 +159,32 @@ def show(run_id: str, as_json: bool = JsonOption) -> None:
     typer.echo(f"  created {info.created_at}  started {info.started_at}  completed {info.completed_at}")
     if info.error_message:
         typer.echo(f"  error: {info.error_message}")
+    _print_attempts(info)
     if info.content:
         typer.echo("")
         _print_output(info)
+
+
+def _print_attempts(info: object) -> None:
+    from app.api import RunInfo
+
+    assert isinstance(info, RunInfo)
+    if not info.attempt_log:
+        return
+    total = info.total_usage
+    typer.echo(
+        f"  tokens {total.get('total_tokens', 0)} (prompt {total.get('prompt_tokens', 0)}, "
+        f"completion {total.get('completion_tokens', 0)}, {total.get('successful_requests', 0)} requests) "
+        f"over {len(info.attempt_log)} attempt(s)"
+    )
+    for entry in info.attempt_log:
+        line = (
+            f"    attempt {entry.get('attempt')}: {entry.get('outcome', '?'):<9} "
+            f"{entry.get('duration_seconds', 0):>7.1f} s {entry.get('total_tokens', 0):>8} tokens"
+        )
+        if entry.get("error"):
+            line += f"  {entry['error']}"
+        typer.echo(line)
 
 
 @app.command("cancel")

@@ -25,7 +25,7 @@ def _fmt_seconds(value: float | None) -> str:
 
 @guarded
 def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Per plugin: stream, pending, oldest pending idle, group lag, dead letters, runs, schedule lag."""
+    """Per plugin: stream, pending, oldest idle, group lag, dead letters, schedule lag, tokens, runs."""
     from app.status import pipeline_status
 
     rows = pipeline_status()
@@ -34,7 +34,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         return
     header = (
         f"{'plugin':<24} {'stream':>6} {'pending':>7} {'oldest':>6} {'lag':>5} {'dead':>5} "
-        f"{'sched lag':>9} {'flight':>7} {'waiting':>7} {'queue':<10} runs (24h)"
+        f"{'sched lag':>9} {'tokens 24h':>10} {'flight':>7} {'waiting':>7} {'queue':<10} runs (24h)"
     )
     typer.echo(header)
     for r in rows:
@@ -47,7 +47,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
             f"{name:<24} {r.stream_length:>6} {r.pending:>7} "
             f"{_fmt_seconds(r.oldest_pending_idle_seconds):>6} "
             f"{lag:>5} {r.dead_letters:>5} {_fmt_seconds(r.schedule_lag_seconds):>9} "
-            f"{flight:>7} {waiting:>7} {r.queue:<10} {runs}"
+            f"{r.tokens_24h:>10} {flight:>7} {waiting:>7} {r.queue:<10} {runs}"
         )
         if r.redis_error:
             typer.echo(f"  redis: {r.redis_error}", err=True)

@@ -207,6 +207,11 @@ class PluginRun(TimestampMixin, Base):
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: One entry per ended attempt, failed ones included (see app.execution.attempts): outcome,
+    #: times, error and token usage. Appended by the UPDATE that records the attempt's outcome.
+    attempt_log: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType, nullable=True)
+    #: Tokens of every attempt so far, summed (``status`` adds these up per plugin).
+    total_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 Index(

@@ -8,7 +8,9 @@ run twice and concurrent actors never both win:
   the worker passes it to every later call, and a worker whose lease was taken
   over can no longer write (its UPDATEs match no row).
 * :func:`renew_lease` — extends the lease while the fenced attempt is alive.
-* :func:`complete` / :func:`fail` / :func:`retry_later` — end the fenced attempt.
+* :func:`complete` / :func:`fail` / :func:`retry_later` — end the fenced attempt,
+  appending its ``attempt_log`` entry (outcome, token usage) in the same UPDATE;
+  :func:`record_lost_attempt` keeps the entry of an attempt that lost its run.
 * :func:`cancel` — any non-terminal run -> cancelled; a running worker sees it
   at its next heartbeat.
 * :func:`mark_queued` / :func:`fail_unless_terminal` — producer and dead letters.
@@ -19,13 +21,15 @@ Functions take a session and never commit: the caller owns the transaction.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, literal_column, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from app.db.models import TERMINAL_STATUSES, PluginRow, PluginRun, RunStatus
@@ -49,6 +53,8 @@ class ClaimedRun:
     user_id: int
     input: dict[str, Any]
     lease_expires_at: datetime
+    #: When this attempt started (the claim's ``now``).
+    started_at: datetime
 
 
 def _as_uuid(run_id: uuid.UUID | str) -> uuid.UUID:
@@ -93,7 +99,7 @@ def claim(
     ).one_or_none()
     if row is None:
         return None
-    return ClaimedRun(rid, row[0], str(row[3]), row[1], dict(row[2] or {}), lease)
+    return ClaimedRun(rid, row[0], str(row[3]), row[1], dict(row[2] or {}), lease, now)
 
 
 def _fenced(run_id: uuid.UUID | str, attempt: int) -> Any:
@@ -102,6 +108,27 @@ def _fenced(run_id: uuid.UUID | str, attempt: int) -> Any:
         PluginRun.status == RunStatus.PROCESSING,
         PluginRun.attempts == attempt,
     )
+
+
+def _with_attempt(session: Session, values: dict[str, Any], entry: dict[str, Any] | None) -> dict[str, Any]:
+    """``values`` plus appending ``entry`` to ``attempt_log`` and its tokens to ``total_tokens``.
+
+    Part of the same UPDATE that records the outcome: per-attempt usage costs no round trip.
+    """
+    if entry is None:
+        return values
+    column = _RUNS.c.attempt_log
+    appended: Any
+    if session.get_bind().dialect.name == "postgresql":
+        appended = func.coalesce(column, literal_column("'[]'::jsonb", JSONB)).op("||", return_type=JSONB)(
+            bindparam("attempt_entry", [entry], type_=JSONB)
+        )
+    else:  # SQLite: JSON is text; '$[#]' appends
+        appended = func.json_insert(
+            func.coalesce(column, "[]"), "$[#]", func.json(bindparam("attempt_entry", json.dumps(entry)))
+        )
+    tokens = int(entry.get("total_tokens") or 0)
+    return {**values, "attempt_log": appended, "total_tokens": _RUNS.c.total_tokens + tokens}
 
 
 def renew_lease(
@@ -117,57 +144,91 @@ def renew_lease(
 
 
 def complete(
-    session: Session, run_id: uuid.UUID | str, *, attempt: int, output: dict[str, Any], now: datetime
+    session: Session,
+    run_id: uuid.UUID | str,
+    *,
+    attempt: int,
+    output: dict[str, Any],
+    now: datetime,
+    log_entry: dict[str, Any] | None = None,
 ) -> bool:
-    """Record success for the fenced attempt; False if it no longer owns the run."""
+    """Record success for the fenced attempt (and its ``attempt_log`` entry); False if it lost the run."""
+    values = {
+        "status": RunStatus.COMPLETED,
+        "output": output,
+        "error_message": None,
+        "completed_at": now,
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
     result = session.execute(
-        update(_RUNS)
-        .where(_fenced(run_id, attempt))
-        .values(
-            status=RunStatus.COMPLETED,
-            output=output,
-            error_message=None,
-            completed_at=now,
-            lease_expires_at=None,
-            updated_at=now,
-        )
+        update(_RUNS).where(_fenced(run_id, attempt)).values(_with_attempt(session, values, log_entry))
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def fail(session: Session, run_id: uuid.UUID | str, *, attempt: int, error: str, now: datetime) -> bool:
+def fail(
+    session: Session,
+    run_id: uuid.UUID | str,
+    *,
+    attempt: int,
+    error: str,
+    now: datetime,
+    log_entry: dict[str, Any] | None = None,
+) -> bool:
     """Record a permanent failure for the fenced attempt; False if it no longer owns the run."""
+    values = {
+        "status": RunStatus.FAILED,
+        "error_message": error,
+        "completed_at": now,
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
     result = session.execute(
-        update(_RUNS)
-        .where(_fenced(run_id, attempt))
-        .values(
-            status=RunStatus.FAILED,
-            error_message=error,
-            completed_at=now,
-            lease_expires_at=None,
-            updated_at=now,
-        )
+        update(_RUNS).where(_fenced(run_id, attempt)).values(_with_attempt(session, values, log_entry))
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def retry_later(
-    session: Session, run_id: uuid.UUID | str, *, attempt: int, error: str, at: datetime, now: datetime
+    session: Session,
+    run_id: uuid.UUID | str,
+    *,
+    attempt: int,
+    error: str,
+    at: datetime,
+    now: datetime,
+    log_entry: dict[str, Any] | None = None,
 ) -> bool:
     """Put the fenced attempt back to ``pending`` until ``at`` (the outbox sweep republishes it)."""
+    values = {
+        "status": RunStatus.PENDING,
+        "error_message": error,
+        "next_attempt_at": at,
+        "lease_expires_at": None,
+        "stream_id": None,
+        "updated_at": now,
+    }
     result = session.execute(
-        update(_RUNS)
-        .where(_fenced(run_id, attempt))
-        .values(
-            status=RunStatus.PENDING,
-            error_message=error,
-            next_attempt_at=at,
-            lease_expires_at=None,
-            stream_id=None,
-            updated_at=now,
-        )
+        update(_RUNS).where(_fenced(run_id, attempt)).values(_with_attempt(session, values, log_entry))
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def record_lost_attempt(
+    session: Session, run_id: uuid.UUID | str, *, log_entry: dict[str, Any]
+) -> RunStatus | None:
+    """Append the log entry of an attempt that lost its run (no fence); the run's status, None if gone.
+
+    Its tokens were spent all the same: a cancelled or taken-over attempt is still counted.
+    """
+    status = session.execute(
+        update(_RUNS)
+        .where(PluginRun.run_id == _as_uuid(run_id))
+        .values(_with_attempt(session, {}, log_entry))
+        .returning(PluginRun.status)
+    ).scalar_one_or_none()
+    return RunStatus(status) if status is not None else None
 
 
 def _end_unless_terminal(

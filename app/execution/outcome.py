@@ -9,8 +9,13 @@ Guarantees:
 * :func:`is_transient` says whether a retry may succeed: provider connection
   errors, timeouts talking to a provider and rate limits, recognised by
   exception type (names too, so litellm/openai/httpx errors are recognised
-  without importing those libraries) or by an HTTP status of 408, 429 or 5xx,
-  anywhere in the exception's cause chain. Anything else is permanent.
+  without importing those libraries), by an HTTP status (408, 429, 5xx
+  transient; any other 4xx permanent, see :mod:`app.execution.provider_errors`)
+  or as a malformed answer raised inside the provider client, anywhere in the
+  exception's cause chain. Anything else is permanent.
+* :func:`classify_failure` is what the worker records: for a provider failure
+  the message names the model, the provider's host and the HTTP status, and
+  carries the provider's Retry-After.
 * :func:`error_message` is ``"ExceptionType: message"`` with known secrets
   redacted and a bounded length; it never includes settings.
 """
@@ -18,10 +23,12 @@ Guarantees:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from app.errors import PermanentError, TransientError
+from app.execution import provider_errors
+from app.execution.provider_errors import chain, is_transient_status, status_of
 from app.logs import redact
 
 MAX_ERROR_CHARS = 2000
@@ -46,48 +53,56 @@ TRANSIENT_TYPE_NAMES = frozenset(
         "OverloadedError",
     }
 )
-TRANSIENT_STATUS = frozenset({408, 429})
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
+@dataclass(frozen=True)
+class Failure:
+    """How a failed attempt is recorded and whether it is retried."""
 
-
-def _status(exc: BaseException) -> int | None:
-    status = getattr(exc, "status_code", None)
-    if status is None:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-    return status if isinstance(status, int) else None
+    message: str
+    transient: bool
+    #: Seconds the provider asked us to wait before the next request, if it did.
+    retry_after: float | None = None
 
 
 def is_transient(exc: BaseException) -> bool:
     """True if retrying later may succeed (see the module docstring)."""
-    for err in _chain(exc):
+    for err in chain(exc):
         if isinstance(err, PermanentError):
             return False
+        status = status_of(err)
+        if status is not None:
+            return is_transient_status(status)
         if isinstance(err, TransientError | ConnectionError | TimeoutError):
             return True
         if any(cls.__name__ in TRANSIENT_TYPE_NAMES for cls in type(err).__mro__):
             return True
-        status = _status(err)
-        if status is not None and (status in TRANSIENT_STATUS or status >= 500):
-            return True
-    return False
+    provider = provider_errors.classify(exc)  # e.g. a malformed answer raised inside the provider client
+    return provider is not None and provider.transient
 
 
 def error_message(exc: BaseException) -> str:
     """``"ExceptionType: message"``, secrets redacted, at most MAX_ERROR_CHARS characters."""
     text = str(exc).strip()
     message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    message = redact(message)
+    return _bounded(redact(message))
+
+
+def _bounded(message: str) -> str:
     if len(message) > MAX_ERROR_CHARS:
         message = message[: MAX_ERROR_CHARS - 1] + "…"
     return message
+
+
+def classify_failure(exc: BaseException, *, model: str) -> Failure:
+    """The run's error for ``exc`` and whether to retry; provider failures name ``model`` and the status."""
+    if any(isinstance(err, PermanentError) for err in chain(exc)):
+        return Failure(error_message(exc), transient=False)
+    provider = provider_errors.classify(exc)
+    if provider is not None:
+        message = _bounded(redact(provider_errors.mask_keys(provider.describe(model))))
+        return Failure(message, transient=provider.transient, retry_after=provider.retry_after)
+    return Failure(error_message(exc), transient=is_transient(exc))
 
 
 def token_usage(llm: Any) -> dict[str, int]:

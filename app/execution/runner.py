@@ -22,6 +22,7 @@ from enum import Enum
 from typing import Any
 
 from app.errors import PermanentError
+from app.execution import gates, inner_retries
 from app.execution.contract import CrewContext, CrewPlan, check_inputs, check_llm
 from app.execution.crew_loader import load_entry_point
 from app.execution.lease import Lease, LeaseState
@@ -62,14 +63,17 @@ class CrewJob:
             raise PermanentError(f"plugin {self.plugin.name}: CrewPlan.crew is not a CrewAI crew")
         check_llm(plan.crew, self.ctx.llm)
         check_inputs(plan.crew, plan.inputs)
+        inner_retries.turn_down(plan.crew)
         return plan
 
     def run(self) -> None:
         """The crew thread's body. Never raises: the outcome is left on the job."""
         started = time.monotonic()
         try:
-            plan = self._plan()
-            result = plan.crew.kickoff(inputs=plan.inputs)
+            # Every LLM request and tool call of this thread passes the run's gates (app.execution.gates).
+            with gates.bound(self.ctx):
+                plan = self._plan()
+                result = plan.crew.kickoff(inputs=plan.inputs)
             self.output = shape_output(
                 result,
                 llm=self.ctx.llm,

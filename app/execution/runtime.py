@@ -56,6 +56,11 @@ def prepare() -> None:
         import crewai  # noqa: F401  (the expensive import happens here, on purpose)
 
         _patch_crewai()
+        from app.execution import crewai_hooks
+        from app.flow import worker as flow
+
+        crewai_hooks.install()
+        flow.install()
         _prepared = True
 
 
@@ -104,6 +109,13 @@ def _patch_crewai() -> None:
     2. CrewAI's named locks go through ``REDIS_URL`` when it is set: keys
        outside our prefix, and one lock shared by every worker on every host
        with the same home path. Our locks are per process.
+    3. CrewAI's console panels (an "LLM Error" box on stdout for every failed
+       call, until the first Crew switches them off) are off: the worker logs
+       each outcome once, in its own format.
+    4. Every ``BaseLLM.call`` runs inside CrewAI's own rate-limit retry loop
+       (3 tries, sleeping the provider's Retry-After): a 429 would cost three
+       requests per call and keep the crew asleep past our time limit. The
+       framework's attempts are the retry policy, so the loop makes one try.
 
     Both are private to CrewAI 1.15.x (pinned exactly in pyproject); a changed
     internal fails loudly here rather than silently writing files.
@@ -116,6 +128,14 @@ def _patch_crewai() -> None:
         raise RuntimeError("CrewAI changed: Crew._task_output_handler is gone; review app/execution/runtime")
     private.default_factory = _DiscardTaskOutputs
     lock_store.set_lock_backend(_process_lock)
+    from crewai.events.event_listener import event_listener
+
+    event_listener.formatter.verbose = False
+    from crewai.llms import retry
+
+    if not hasattr(retry, "_LLM_RATE_LIMIT_MAX_ATTEMPTS"):
+        raise RuntimeError("CrewAI changed: no rate-limit retry setting; review app/execution/runtime")
+    retry._LLM_RATE_LIMIT_MAX_ATTEMPTS = 1  # type: ignore[misc]
 
 
 def after_fork() -> None:

@@ -10,8 +10,11 @@ Guarantees:
 * Outcomes: ``completed`` with output; ``failed`` with ``"Type: message"``
   (permanent error, invalid input, time limit, transient error after
   ``MAX_ATTEMPTS``); back to ``pending`` with ``next_attempt_at`` (transient
-  error before ``MAX_ATTEMPTS``; the outbox sweep republishes it). No Celery
-  countdown/ETA/retry anywhere.
+  error before ``MAX_ATTEMPTS``, no sooner than the provider's Retry-After; the
+  outbox sweep republishes it). No Celery countdown/ETA anywhere: the Celery
+  ``Retry`` that :func:`celery_outcome` raises only sets the task's state.
+* Every attempt's outcome and token usage (failed ones included) is appended
+  to the run's ``attempt_log`` by the same UPDATE that records the outcome.
 * The stream entry named by the task is XACKed once its run is terminal or a
   retry is scheduled (the entry's job is done), never while another worker
   may still be running it.
@@ -27,27 +30,29 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
+from celery.exceptions import Retry
 
 from app.config import Settings, get_settings
 from app.db import runs
 from app.db.engine import session_scope
 from app.db.models import TERMINAL_STATUSES, RunStatus, utcnow
-from app.errors import SettingsValidationError
-from app.execution import runtime
+from app.errors import RetryScheduled, RunFailed, SettingsValidationError
+from app.execution import attempts, runtime
+from app.execution.attempts import AttemptOutcome
 from app.execution.contract import CrewContext
 from app.execution.crew_loader import entry_point_file, find_plugin
 from app.execution.lease import Lease
-from app.execution.outcome import error_message, is_transient
+from app.execution.outcome import classify_failure
 from app.execution.retry import backoff_seconds
 from app.execution.runner import CrewJob, Verdict, supervise
 from app.flow.budget import BudgetWaitExpired
 from app.flow.policy import plugin_cap
-from app.flow.worker import RunSlot
+from app.flow.worker import RunSlot, run_deadline
 from app.llm import make_llm, model_name
 from app.logs import bind
 from app.plugins.settings import validate_settings
@@ -88,6 +93,10 @@ class Finish:
     entry_done: bool = False
     #: A crew thread we gave up on is still running.
     abandoned: bool = False
+    #: The run's error (failed) or the retry note (retry scheduled); never a secret.
+    error: str | None = None
+    #: When the next attempt may start (retry scheduled).
+    retry_at: datetime | None = None
 
 
 def execute(
@@ -125,7 +134,23 @@ def execute(
             "status": finish.status,
             "attempt": finish.attempt,
             "executed": finish.executed,
+            "error": finish.error,
+            "retry_at": finish.retry_at.isoformat() if finish.retry_at else None,
         }
+
+
+def celery_outcome(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` if the run's Celery state is SUCCESS; raises for FAILURE or RETRY."""
+    if result.get("executed") and result.get("status") == RunStatus.FAILED.value:
+        raise RunFailed(f"run {result['run_id']} failed: {result.get('error') or 'no error recorded'}")
+    if result.get("executed") and result.get("status") == RETRY_SCHEDULED:
+        when = datetime.fromisoformat(result["retry_at"]) if result.get("retry_at") else None
+        raise Retry(
+            f"run {result['run_id']}: next attempt at {result.get('retry_at')}",
+            RetryScheduled(str(result.get("error") or "retry scheduled")),
+            when=when,
+        )
+    return result
 
 
 def _unclaimed(rid: uuid.UUID, plugin: str | None) -> Finish:
@@ -145,64 +170,79 @@ def _unclaimed(rid: uuid.UUID, plugin: str | None) -> Finish:
     return Finish(state.status.value, entry_done=state.is_terminal or retry_waiting)
 
 
+@dataclass
+class Attempt:
+    """The attempt being run: its lease (the fence), when it started, and its LLM once built."""
+
+    lease: Lease
+    started_at: datetime
+    model: str
+    llm: Any = None
+
+    def log_entry(self, outcome: AttemptOutcome, *, error: str | None = None) -> dict[str, Any]:
+        """This attempt's ``attempt_log`` entry, with the token usage of its LLM so far."""
+        return attempts.record(
+            attempt=self.lease.attempt,
+            outcome=outcome,
+            started_at=self.started_at,
+            finished_at=utcnow(),
+            usage=attempts.usage_of(self.llm),
+            error=error,
+        )
+
+
 def _run(claimed: runs.ClaimedRun, settings: Settings) -> Finish:
+    # The plugin's flow-control slot lives as long as the lease, and goes back at the end.
     slot = RunSlot(claimed.plugin, str(claimed.run_id), lease_seconds=settings.lease_seconds)
     lease = Lease(
         claimed.run_id, attempt=claimed.attempt, lease_seconds=settings.lease_seconds, on_renew=slot.renew
     )
     try:
-        return _run_leased(claimed, settings, lease, slot)
+        return _run_leased(claimed, settings, Attempt(lease, claimed.started_at, model_name(settings)), slot)
     finally:
         slot.release()
 
 
-def _run_leased(claimed: runs.ClaimedRun, settings: Settings, lease: Lease, slot: RunSlot) -> Finish:
+def _run_leased(claimed: runs.ClaimedRun, settings: Settings, attempt: Attempt, slot: RunSlot) -> Finish:
+    lease = attempt.lease
     try:
         plugin = find_plugin(claimed.plugin, settings.plugins_dir)
         slot.hold(plugin_cap(plugin.name, plugin.manifest.max_concurrency, settings))
         crew_folder = entry_point_file(plugin)[0].parent
         effective = validate_settings(plugin, claimed.input)
-        gate = _provider_gate(settings)
-        llm = make_llm(settings, interceptor=gate)
+        timeout = settings.run_timeout(plugin.manifest.timeout_seconds)
+        attempt.llm = make_llm(settings, run_timeout=timeout)
     except SettingsValidationError as exc:
         issues = "; ".join(str(issue) for issue in exc.errors)
-        return _fail(lease, f"invalid input for plugin {claimed.plugin}: {issues}")
+        return _fail(attempt, f"invalid input for plugin {claimed.plugin}: {issues}")
     except Exception as exc:  # plugin missing or broken, LLM not constructible: classified like a crew error
-        return _failure(lease, exc, settings)
+        return _failure(attempt, exc, settings)
     ctx = CrewContext.create(
         run_id=str(claimed.run_id),
         plugin=plugin.name,
         settings=effective,
-        llm=llm,
+        llm=attempt.llm,
         folder=plugin.folder,
         crew_folder=crew_folder,
     )
-    job = CrewJob(plugin, ctx, model_name(settings))
-    timeout = settings.run_timeout(plugin.manifest.timeout_seconds)
-    if gate is not None:
-        gate.bind(stopped=ctx.stopped, deadline=time.monotonic() + timeout)
+    job = CrewJob(plugin, ctx, attempt.model)
     log.info("running crew (time limit %s s)", timeout)
-    verdict = supervise(job, lease=lease, timeout=timeout)
+    # The crew thread inherits the deadline: a request that cannot get a turn in the model's
+    # budget before it is not sent (the attempt fails as transient and is retried later).
+    with run_deadline(time.monotonic() + timeout):
+        verdict = supervise(job, lease=lease, timeout=timeout)
     if verdict is Verdict.TIMED_OUT:
         log.warning("crew timed out after %s s", timeout)
-        return _with_abandoned(_fail(lease, f"timed out after {timeout} s"), job)
+        finish = _fail(attempt, f"timed out after {timeout} s", outcome=AttemptOutcome.TIMED_OUT)
+        return _with_abandoned(finish, job)
     if verdict is Verdict.LEASE_LOST:
-        return _with_abandoned(_lost(lease), job)
+        return _with_abandoned(_lost(attempt), job)
     if job.output is not None:
-        return _complete(lease, job.output)
+        return _complete(attempt, job.output)
     assert job.error is not None
-    # A request that never got a turn in the model's budget surfaces from the provider SDK
-    # as a connection error; the run's error says what really happened.
-    return _failure(lease, _flow_cause(job.error) or job.error, settings)
-
-
-def _provider_gate(settings: Settings) -> Any:
-    """Flow control's gate for the configured model's HTTP requests (None for the offline model)."""
-    if not settings.llm_model:
-        return None
-    from app.flow.interceptor import ProviderGate  # imports CrewAI: worker only
-
-    return ProviderGate(settings)
+    # A request refused by the model's budget surfaces from the provider client as a
+    # connection error; the run's error says what really happened.
+    return _failure(attempt, _flow_cause(job.error) or job.error, settings)
 
 
 def _flow_cause(exc: BaseException) -> BudgetWaitExpired | None:
@@ -217,50 +257,77 @@ def _flow_cause(exc: BaseException) -> BudgetWaitExpired | None:
 
 
 def _with_abandoned(finish: Finish, job: CrewJob) -> Finish:
-    return Finish(finish.status, finish.attempt, finish.executed, finish.entry_done, abandoned=job.alive)
+    return replace(finish, abandoned=job.alive)
 
 
-def _complete(lease: Lease, output: dict[str, Any]) -> Finish:
+def _complete(attempt: Attempt, output: dict[str, Any]) -> Finish:
+    lease = attempt.lease
+    entry = attempt.log_entry(AttemptOutcome.COMPLETED)
     with session_scope() as session:
-        ok = runs.complete(session, lease.run_id, attempt=lease.attempt, output=output, now=utcnow())
+        ok = runs.complete(
+            session, lease.run_id, attempt=lease.attempt, output=output, now=utcnow(), log_entry=entry
+        )
     if not ok:
-        return _lost(lease)
+        return _lost(attempt, entry)
     tokens = output.get("token_usage", {}).get("total_tokens")
     log.info("run completed (%s tokens, %.1f s)", tokens, output.get("duration_seconds", 0))
     return Finish(RunStatus.COMPLETED.value, lease.attempt, executed=True, entry_done=True)
 
 
-def _fail(lease: Lease, message: str) -> Finish:
+def _fail(attempt: Attempt, message: str, *, outcome: AttemptOutcome = AttemptOutcome.FAILED) -> Finish:
+    lease = attempt.lease
+    entry = attempt.log_entry(outcome, error=message)
     with session_scope() as session:
-        ok = runs.fail(session, lease.run_id, attempt=lease.attempt, error=message, now=utcnow())
+        ok = runs.fail(
+            session, lease.run_id, attempt=lease.attempt, error=message, now=utcnow(), log_entry=entry
+        )
     if not ok:
-        return _lost(lease)
+        return _lost(attempt, entry)
     log.warning("run failed: %s", message)
-    return Finish(RunStatus.FAILED.value, lease.attempt, executed=True, entry_done=True)
+    return Finish(RunStatus.FAILED.value, lease.attempt, executed=True, entry_done=True, error=message)
 
 
-def _failure(lease: Lease, exc: BaseException, settings: Settings) -> Finish:
-    message = error_message(exc)
-    if not is_transient(exc):
+def _failure(attempt: Attempt, exc: BaseException, settings: Settings) -> Finish:
+    lease = attempt.lease
+    failure = classify_failure(exc, model=attempt.model)
+    if not failure.transient:
         log.warning("run failed with a permanent error", exc_info=exc)
-        return _fail(lease, message)
+        return _fail(attempt, failure.message)
     if lease.attempt >= settings.max_attempts:
-        return _fail(lease, f"{message} (gave up after {lease.attempt} attempts)")
-    delay = backoff_seconds(lease.attempt, base=settings.retry_base_seconds, cap=settings.retry_max_seconds)
+        return _fail(attempt, f"{failure.message} (gave up after {lease.attempt} attempts)")
+    delay = retry_delay(lease.attempt, failure.retry_after, settings)
     now = utcnow()
     at = now + timedelta(seconds=delay)
-    note = f"attempt {lease.attempt}/{settings.max_attempts} failed, retry after {at.isoformat()}: {message}"
+    note = f"attempt {lease.attempt}/{settings.max_attempts} failed, retry after {at.isoformat()}: "
+    note += failure.message
+    entry = attempt.log_entry(AttemptOutcome.RETRY, error=failure.message)
     with session_scope() as session:
-        ok = runs.retry_later(session, lease.run_id, attempt=lease.attempt, error=note, at=at, now=now)
+        ok = runs.retry_later(
+            session, lease.run_id, attempt=lease.attempt, error=note, at=at, now=now, log_entry=entry
+        )
     if not ok:
-        return _lost(lease)
-    log.warning("transient error; retry in %.1f s: %s", delay, message)
-    return Finish(RETRY_SCHEDULED, lease.attempt, executed=True, entry_done=True)
+        return _lost(attempt, entry)
+    log.warning("transient error; retry in %.1f s: %s", delay, failure.message)
+    return Finish(RETRY_SCHEDULED, lease.attempt, executed=True, entry_done=True, error=note, retry_at=at)
 
 
-def _lost(lease: Lease) -> Finish:
-    """This attempt no longer owns the run: find out why, and whether the entry is done."""
-    status = lease.current_status()
+def retry_delay(attempt: int, retry_after: float | None, settings: Settings) -> float:
+    """Seconds before the next attempt: our backoff, never sooner than the provider's Retry-After.
+
+    A Retry-After longer than ``RETRY_AFTER_MAX_SECONDS`` is cut to it.
+    """
+    delay = backoff_seconds(attempt, base=settings.retry_base_seconds, cap=settings.retry_max_seconds)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, settings.retry_after_max_seconds))
+    return delay
+
+
+def _lost(attempt: Attempt, entry: dict[str, Any] | None = None) -> Finish:
+    """This attempt no longer owns the run: keep its log entry; say why, and whether the entry is done."""
+    lease = attempt.lease
+    entry = dict(entry or attempt.log_entry(AttemptOutcome.LOST), outcome=AttemptOutcome.LOST.value)
+    with session_scope() as session:
+        status = runs.record_lost_attempt(session, lease.run_id, log_entry=entry)
     if status is RunStatus.CANCELLED:
         log.info("run was cancelled while running; stopped")
     else:

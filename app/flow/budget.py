@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from app.errors import TransientError
+from app.errors import CallRefused, TransientError
 from app.flow.scripts import PAUSE, TAKE, Call, eval_all, script
 from app.streams import keys
 
@@ -32,8 +32,11 @@ WINDOW_MARGIN_FRACTION = 0.02
 WINDOW_MARGIN_MS = 100
 
 
-class BudgetWaitExpired(TransientError):
-    """A request could not get a turn in the model's budget before the run had to stop waiting."""
+class BudgetWaitExpired(CallRefused, TransientError):
+    """A request could not get a turn in the model's budget before the run had to stop waiting.
+
+    A gate's refusal (the request is not sent) and transient (the run is retried later).
+    """
 
 
 def window_ms(window_seconds: float) -> int:

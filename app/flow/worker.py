@@ -11,14 +11,23 @@ Guarantees:
   budget and pause allow, waiting (bounded by the run's deadline and its stop
   event) when they do not. :func:`after_rate_limited` pauses the model for the
   whole cluster after a provider's 429.
+* :func:`install` puts both on every provider HTTP request of every run (the
+  per-run gates of :mod:`app.execution.gates`, run by the transport interceptor
+  under the provider's client): its own retries count against the budget too,
+  and a 429 the client retries by itself still pauses the model. Providers whose
+  CrewAI class takes no interceptor (the LiteLLM fallback) have no request gate;
+  the consumer's dispatch still honours the budget and any pause.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
-import time
-from typing import Any
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -28,7 +37,15 @@ from app.flow.budget import wait_turn
 from app.flow.policy import model_budget
 from app.redis_client import get_redis
 
+if TYPE_CHECKING:
+    from app.execution.contract import CrewContext
+    from app.execution.gates import Call
+
 log = logging.getLogger(__name__)
+
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "first_sip_run_deadline", default=None
+)
 
 
 class RunSlot:
@@ -112,6 +129,37 @@ def after_rate_limited(retry_after: float | None, *, settings: Settings | None =
     return left
 
 
-def monotonic_deadline(timeout_seconds: float) -> float:
-    """A deadline ``timeout_seconds`` from now on the clock :func:`before_llm_request` uses."""
-    return time.monotonic() + timeout_seconds
+@contextmanager
+def run_deadline(deadline: float) -> Iterator[None]:
+    """Within the block (and crew threads started in it), requests wait for turns until ``deadline``.
+
+    ``deadline`` is a ``time.monotonic()`` value: the run's time limit.
+    """
+    token = _deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def budget_gate(call: Call) -> None:
+    """The per-run gate: each provider HTTP request waits for a turn in the model's budget."""
+    if call.kind == "http":
+        before_llm_request(stopped=call.ctx.stopped, deadline=_deadline.get())
+
+
+def pause_on_429(ctx: CrewContext, status: int, headers: Mapping[str, str]) -> None:
+    """The response observer: a provider's 429 pauses the model for the whole cluster."""
+    if status != 429:
+        return
+    from app.execution.provider_errors import retry_after_of
+
+    after_rate_limited(retry_after_of(SimpleNamespace(headers=headers)))  # type: ignore[arg-type]
+
+
+def install() -> None:
+    """Add the budget gate and the 429 observer to this worker process (idempotent)."""
+    from app.execution import gates
+
+    gates.add_gate(budget_gate)
+    gates.add_response_observer(pause_on_429)

@@ -77,14 +77,19 @@ def get_run(run_id: uuid.UUID) -> PluginRun:
 
 
 def dispatch(run_id: uuid.UUID, **stream: str) -> None:
-    """Send ``execute_run`` through the broker, as the stream consumer would."""
+    """Send ``execute_run`` through the broker, as the stream consumer would (same task id)."""
     from app.celery_app import celery_app
-    from app.tasks import execute_run
+    from app.tasks import execute_run, task_id_for
 
     # A fresh connection declares the queue again, so a test elsewhere that
     # deleted the session's Redis keys cannot make this message unroutable.
     with celery_app.connection_for_write() as connection:
-        execute_run.apply_async(args=[str(run_id)], kwargs=stream, connection=connection)
+        execute_run.apply_async(
+            args=[str(run_id)],
+            kwargs=stream,
+            task_id=task_id_for(run_id, stream.get("entry_id")),
+            connection=connection,
+        )
 
 
 def wait_for(
