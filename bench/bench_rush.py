@@ -2,9 +2,10 @@
 
 The provider is the LLM test server (tests/llm_server.py) in this process,
 answering 429 with ``Retry-After`` above ``--limit`` requests in any rolling
-``--window`` seconds (the figures of a real rate limit, scaled down so the
-benchmark takes minutes: 30 per 5 s = 6 requests/s by default, below what two workers on this machine sustain, so the limit is what is measured). The cluster
-is real: two Celery workers (threads pool), two consumer processes and beat
+``--window`` seconds (a real rate limit scaled down so the benchmark takes
+minutes: 30 per 5 s = 6 requests/s by default, below the ~8 runs/s two workers
+sustain on this shared 2-core machine, so the limit is what is measured). The
+cluster is real: two Celery workers (threads pool), two consumer processes and beat
 (which republishes retries), the workers reaching the server through CrewAI's
 OpenAI provider. Each run is one CrewAI task, so one LLM call.
 
