@@ -303,11 +303,13 @@ What the figures mean:
   while the shared budget has room (`limit - used - waiting in Celery's queue`); each request
   takes a turn in the budget (one Lua script in Redis) before it is sent. The budget's window is
   2 % + 100 ms longer than the provider's, so requests that reach the provider a little late never
-  make it count more than its limit; that margin and the start-up (first dispatch, CrewAI's first
-  import in each worker) are most of the gap to the minimum time.
+  make it count more than its limit: that margin (4 % at 5 s) and the dispatch of each freed turn
+  (consumer -> Celery -> worker -> request) are the gap to the minimum time. Workers are warmed
+  (CrewAI imported) by a few runs before the rush, as they are at 06:00.
 - **Baseline**: every worker sends as soon as it has a run. Above the limit the provider answers
   429, the run is retried later (the framework's attempts, the provider's Retry-After), and each
-  retry competes with the rest of the rush again; runs out of attempts fail.
+  retry competes with the rest of the rush again; runs out of attempts (`MAX_ATTEMPTS`) fail. Its
+  time to finish is shorter only because the runs that gave up finished early, as failures.
 """
 
 
