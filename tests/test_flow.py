@@ -60,6 +60,11 @@ def test_caps_setting_parses_and_names_the_bad_item(setenv) -> None:  # type: ig
     setenv(FIRST_SIP_MAX_CONCURRENCY="", FIRST_SIP_QUEUES="slow,Bad Queue")
     with pytest.raises(ConfigurationError, match="FIRST_SIP_QUEUES: 'Bad Queue'"):
         get_settings()
+    for name, bad in (("FIRST_SIP_LLM_RPM", "0"), ("FIRST_SIP_LLM_BUDGET_WINDOW_SECONDS", "soon")):
+        setenv(FIRST_SIP_QUEUES="", **{name: bad})
+        with pytest.raises(ConfigurationError, match=name):
+            get_settings()
+        setenv(**{name: "1"})
 
 
 def test_manifest_flow_keys_are_checked() -> None:
