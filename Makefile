@@ -64,6 +64,7 @@ bench: venv services
 	$(BIN)/python -m bench.bench_execution
 	$(BIN)/python -m bench.bench_crewbase
 	$(BIN)/python -m bench.bench_attempt_cost
+	$(BIN)/python -m bench.bench_rush
 
 # The full chaos run: 2,000 runs under worker/consumer/beat kills, a PostgreSQL restart and a Redis flush.
 chaos: venv services

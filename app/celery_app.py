@@ -11,16 +11,54 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, signals
+from kombu.entity import Exchange, Queue
 
 from app.aligned_schedule import AlignedSchedule
-from app.config import get_settings
+from app.config import Settings, get_settings
+from app.plugins.names import DEFAULT_RUNS_QUEUE, SCHEDULER_QUEUE
 from app.streams import keys
 
 #: Queue of execute_run tasks; schedule_due_runs uses its own so a backlog of runs never delays a tick.
-RUNS_QUEUE = "runs"
-SCHEDULER_QUEUE = "scheduler"
+#: A plugin may route its runs to a queue of its own (manifest key ``queue``).
+RUNS_QUEUE = DEFAULT_RUNS_QUEUE
 #: Extra seconds Celery's own hard limit allows past a plugin's timeout (our limit fires first).
 TIME_LIMIT_MARGIN_SECONDS = 60
+
+
+def plugin_queues(plugins_dir: str) -> list[str]:
+    """The queues the manifests under ``plugins_dir`` route to (unreadable manifests skipped).
+
+    Only the manifests are read (no schemas, no crews): beat and the consumer evaluate this
+    configuration too. A broken manifest is reported by ``plugins validate`` and sync.
+    """
+    import os
+    from pathlib import Path
+
+    from app.errors import PluginError
+    from app.plugins.manifest import MANIFEST_FILE, load_manifest
+
+    found = []
+    for root in (Path(p) for p in plugins_dir.split(os.pathsep) if p):
+        if not root.is_dir():
+            continue
+        for folder in sorted(root.iterdir()):
+            if (folder / MANIFEST_FILE).is_file() and not folder.name.startswith((".", "_")):
+                try:
+                    found.append(load_manifest(folder).queue)
+                except PluginError:
+                    continue
+    return found
+
+
+def known_queues(settings: Settings) -> list[str]:
+    """Every queue a worker started without ``-Q`` consumes: runs, scheduler, FIRST_SIP_QUEUES,
+    and the queues of the plugins under PLUGINS_DIR (in that order, each once)."""
+    names = [RUNS_QUEUE, SCHEDULER_QUEUE, *settings.extra_queues, *plugin_queues(str(settings.plugins_dir))]
+    return list(dict.fromkeys(names))
+
+
+def _queue(name: str) -> Queue:
+    return Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
 
 
 def _config() -> dict[str, Any]:
@@ -55,6 +93,10 @@ def _config() -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         "task_default_queue": RUNS_QUEUE,
+        # A worker without -Q consumes all of these: the scheduler's queue included, so a plain
+        # `celery worker` never leaves schedules silently unrun. Same shape as the queues Celery
+        # creates on demand (exchange and routing key named after the queue), so routing agrees.
+        "task_queues": [_queue(name) for name in known_queues(settings)],
         "task_routes": {"app.tasks.schedule_due_runs": {"queue": SCHEDULER_QUEUE}},
         "beat_schedule": {
             "schedule-due-runs": {

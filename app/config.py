@@ -17,6 +17,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.errors import ConfigurationError
+from app.plugins.names import PLUGIN_NAME_RE, QUEUE_NAME_RE
 
 #: Where the embedded default keeps its files (SQLite database, private Redis).
 VAR_DIR = Path("var")
@@ -51,6 +52,39 @@ def address(url: str) -> str:
     if parts.scheme == "unix":
         return parts.path or "a unix socket"
     return f"{host or 'localhost'}:{port}" if port else (host or "localhost")
+
+
+def parse_caps(text: str) -> dict[str, int | None]:
+    """``plugin=n,plugin=none`` -> {plugin: n or None}; ValueError naming the bad item."""
+    caps: dict[str, int | None] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = (s.strip() for s in item.partition("="))
+        if not sep or not PLUGIN_NAME_RE.fullmatch(name):
+            raise ValueError(
+                f"FIRST_SIP_MAX_CONCURRENCY: {item!r} must be plugin=n "
+                "(a plugin name, then a count or 'none')"
+            )
+        if value.lower() == "none":
+            caps[name] = None
+        elif value.isdigit() and 1 <= int(value) <= 100_000:
+            caps[name] = int(value)
+        else:
+            raise ValueError(
+                f"FIRST_SIP_MAX_CONCURRENCY: the cap of {name!r} must be a whole number from 1 to 100000 "
+                "or 'none'"
+            )
+    return caps
+
+
+def parse_queues(text: str) -> list[str]:
+    """``a,b`` -> [a, b]; ValueError naming a bad queue name."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    for name in names:
+        if not QUEUE_NAME_RE.fullmatch(name):
+            raise ValueError(f"FIRST_SIP_QUEUES: {name!r} must match {QUEUE_NAME_RE.pattern}")
+    return list(dict.fromkeys(names))
 
 
 class Settings(BaseSettings):
@@ -131,6 +165,30 @@ class Settings(BaseSettings):
     #: Redirects one fetch follows (each checked like the first URL).
     fetch_max_redirects: int = Field(default=5, ge=0, le=20)
 
+    # Flow control (app/flow): caps and budgets shared by the whole cluster through Redis.
+    #: ``plugin=n,plugin=n``: per-plugin caps on runs in flight; they override the manifests'
+    #: ``max_concurrency`` (``plugin=none`` lifts a manifest's cap).
+    max_concurrency: str = Field(default="", alias="FIRST_SIP_MAX_CONCURRENCY")
+    #: LLM requests the whole cluster may send per budget window (unset: no budget).
+    llm_rpm: int | None = Field(default=None, ge=1, alias="FIRST_SIP_LLM_RPM")
+    #: The budget's rolling window; 60 s makes FIRST_SIP_LLM_RPM requests per minute (tests shorten it).
+    llm_budget_window_seconds: float = Field(
+        default=60.0, gt=0, le=3600, alias="FIRST_SIP_LLM_BUDGET_WINDOW_SECONDS"
+    )
+    #: A provider's 429 pauses the model for the whole cluster (off: each worker only retries later).
+    llm_pause_on_429: bool = Field(default=True, alias="FIRST_SIP_LLM_PAUSE_ON_429")
+    #: How long a provider's 429 without Retry-After pauses the model cluster-wide.
+    llm_pause_seconds: float = Field(default=10.0, gt=0, le=3600, alias="FIRST_SIP_LLM_PAUSE_SECONDS")
+    #: Upper bound on a provider's Retry-After (a hostile or broken value must not stop us for days).
+    llm_pause_max_seconds: float = Field(
+        default=300.0, gt=0, le=24 * 3600, alias="FIRST_SIP_LLM_PAUSE_MAX_SECONDS"
+    )
+    #: How long a dispatched run holds its slot before a worker claims it (then its lease holds it).
+    dispatch_lease_seconds: int = Field(default=120, ge=1, alias="FIRST_SIP_DISPATCH_LEASE_SECONDS")
+    #: Extra Celery queues a worker started without -Q consumes (comma-separated), on top of
+    #: ``runs``, ``scheduler`` and the queues named by the manifests under PLUGINS_DIR.
+    queues: str = Field(default="", alias="FIRST_SIP_QUEUES")
+
     # Scheduling.
     scheduler_tick_seconds: float = Field(default=30.0, gt=0)
     scheduler_batch_size: int = Field(default=1000, ge=1)
@@ -178,6 +236,18 @@ class Settings(BaseSettings):
             raise ValueError(f"FETCH_ALLOW_NETWORKS: {exc}") from None
         return value
 
+    @field_validator("max_concurrency")
+    @classmethod
+    def _caps(cls, value: str) -> str:
+        parse_caps(value)  # raises naming the bad item
+        return value
+
+    @field_validator("queues")
+    @classmethod
+    def _queues(cls, value: str) -> str:
+        parse_queues(value)
+        return value
+
     @model_validator(mode="after")
     def _production_secrets(self) -> Settings:
         if self.app_env != "production":
@@ -199,6 +269,16 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         """True when the database is the embedded SQLite default (or another SQLite file)."""
         return self.database_url.startswith("sqlite")
+
+    @property
+    def max_concurrency_overrides(self) -> dict[str, int | None]:
+        """FIRST_SIP_MAX_CONCURRENCY as plugin -> cap (None: no cap, whatever the manifest says)."""
+        return parse_caps(self.max_concurrency)
+
+    @property
+    def extra_queues(self) -> list[str]:
+        """FIRST_SIP_QUEUES as a list of queue names."""
+        return parse_queues(self.queues)
 
     def run_timeout(self, manifest_timeout: int | None) -> int:
         """The hard time limit for one run: the plugin's own, capped by the global maximum."""

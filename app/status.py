@@ -6,6 +6,11 @@ spent (every attempt) in the last 24 hours, and the schedule lag (now minus
 the oldest due ``next_run_at``). A missing stream or group reads as zero;
 Redis being down raises (the CLI says so in one line); one plugin's broken
 stream is reported on that plugin only.
+
+Flow control: per plugin its queue, runs in flight / cap (capped plugins) and
+entries waiting in the stream (not yet sent to Celery: unread, plus pending
+entries a consumer holds back); the model's budget use and pause, the same in
+every row (every plugin's runs use the one configured model).
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ from typing import Any
 import redis
 from sqlalchemy import func, select
 
+from app.config import get_settings
 from app.db.engine import session_scope
 from app.db.models import PluginRow, PluginRun, UserPluginConfig, utcnow
+from app.flow import slots
+from app.flow.policy import model_budget, plugin_cap
 from app.redis_client import get_redis
 from app.streams import keys
 
@@ -40,6 +48,25 @@ class PluginStatus:
     redis_error: str | None = None
     #: The consumer could not use this plugin's stream: the error, since when, how many times.
     stream_error: dict[str, Any] | None = None
+    queue: str = "runs"
+    #: The cap on runs in flight across the cluster (None: no cap).
+    max_concurrency: int | None = None
+    #: Runs holding a slot (dispatched or running; capped plugins only).
+    in_flight: int | None = None
+    #: Entries not yet sent to Celery: unread, plus (capped plugins) pending ones held back.
+    waiting: int | None = None
+    model: ModelStatus | None = None
+
+
+@dataclass
+class ModelStatus:
+    name: str
+    #: Requests let through in the current window, out of ``budget_limit`` (None: no budget).
+    budget_used: int = 0
+    budget_limit: int | None = None
+    window_seconds: float = 60.0
+    #: Set while a provider's 429 pauses the model.
+    paused_until: datetime | None = None
 
 
 def _stream_figures(client: redis.Redis, status: PluginStatus) -> None:
@@ -86,7 +113,9 @@ def pipeline_status(*, now: datetime | None = None) -> list[PluginStatus]:
     now = now or utcnow()
     with session_scope() as session:
         plugins = session.execute(
-            select(PluginRow.id, PluginRow.name, PluginRow.enabled).order_by(PluginRow.name)
+            select(
+                PluginRow.id, PluginRow.name, PluginRow.enabled, PluginRow.max_concurrency, PluginRow.queue
+            ).order_by(PluginRow.name)
         ).all()
         counts = session.execute(
             select(
@@ -113,14 +142,18 @@ def pipeline_status(*, now: datetime | None = None) -> list[PluginStatus]:
     client = get_redis()
     client.ping()  # Redis down is the caller's error (one line), not one note per plugin
     broken = _stream_errors(client)
+    settings = get_settings()
+    model = _model_figures(client, now)
     result = []
-    for plugin_id, name, enabled in plugins:
+    for plugin_id, name, enabled, manifest_cap, queue in plugins:
         item = PluginStatus(
             plugin=name,
             enabled=enabled,
             runs_24h=by_plugin.get(plugin_id, {}),
             tokens_24h=tokens.get(plugin_id, 0),
         )
+        item.queue, item.model = queue, model
+        item.max_concurrency = plugin_cap(name, manifest_cap, settings)
         due = oldest_due.get(plugin_id)
         if due is not None:
             if due.tzinfo is None:  # SQLite aggregates lose the zone
@@ -128,5 +161,32 @@ def pipeline_status(*, now: datetime | None = None) -> list[PluginStatus]:
             item.schedule_lag_seconds = max(0.0, (now - due).total_seconds())
         _stream_figures(client, item)
         item.stream_error = broken.get(name)
+        _flow_figures(client, item)
         result.append(item)
     return result
+
+
+def _flow_figures(client: redis.Redis, status: PluginStatus) -> None:
+    if status.redis_error:
+        return
+    lag = status.group_lag if status.group_lag is not None else 0
+    status.waiting = lag
+    if status.max_concurrency is None:
+        return
+    try:
+        status.in_flight = slots.in_flight(client, [status.plugin])[status.plugin]
+    except redis.RedisError as exc:
+        status.redis_error = f"Redis unavailable: {exc}"
+        return
+    # Pending entries beyond the runs holding slots are held back by a consumer.
+    status.waiting = lag + max(0, status.pending - status.in_flight)
+
+
+def _model_figures(client: redis.Redis, now: datetime) -> ModelStatus | None:
+    budget = model_budget(get_settings())
+    try:
+        state = budget.peek(client)
+    except redis.RedisError:
+        return None  # each plugin row reports Redis being down
+    paused = now + timedelta(seconds=state.paused_seconds) if state.paused_seconds else None
+    return ModelStatus(budget.model, state.used, budget.limit, budget.window_seconds, paused)

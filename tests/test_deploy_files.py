@@ -79,3 +79,13 @@ def test_dockerfile_is_slim_non_root_and_caches_dependencies() -> None:
     assert text.index("COPY pyproject.toml") < text.index("COPY app ")
     for path in ("app", "migrations", "plugins", "Procfile"):
         assert re.search(rf"^COPY {path}\b", text, re.M)
+
+
+def test_workers_consume_every_queue_unless_split() -> None:
+    # A plain worker consumes every queue (the scheduler's included); a split is an explicit,
+    # documented choice, shown in the Procfile as a commented example.
+    assert "--queues" not in procfile()["worker"]
+    assert "--queues" not in compose()["services"]["worker"]["command"][-1]
+    text = (ROOT / "Procfile").read_text()
+    example = [line for line in text.splitlines() if line.startswith("# worker-")]
+    assert example and "--queues=" in example[0] and "--exclude-queues=" in text

@@ -136,6 +136,10 @@ class PluginRow(TimestampMixin, Base):
     #: Hash of settings_schema; configs record the one they were validated against.
     schema_fingerprint: Mapped[str] = mapped_column(String(64), default="")
     timeout_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: The manifest's cap on runs in flight (the consumer enforces it; None: no cap).
+    max_concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: The Celery queue the consumer sends the plugin's runs to.
+    queue: Mapped[str] = mapped_column(String(63), default="runs", server_default="runs")
     enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     #: Why the plugin is disabled (e.g. its folder disappeared).
     disabled_reason: Mapped[str | None] = mapped_column(Text, nullable=True)

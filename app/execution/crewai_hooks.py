@@ -82,7 +82,8 @@ class GateInterceptor(BaseInterceptor[httpx.Request, httpx.Response]):
         return message
 
     def on_inbound(self, message: httpx.Response) -> httpx.Response:
-        """Unchanged."""
+        """Unchanged; the response observers see its status and headers (flow control's 429 pause)."""
+        gates.after_http_response(message.status_code, message.headers)
         return message
 
     async def aon_outbound(self, message: httpx.Request) -> httpx.Request:
@@ -90,8 +91,8 @@ class GateInterceptor(BaseInterceptor[httpx.Request, httpx.Response]):
         return self.on_outbound(message)
 
     async def aon_inbound(self, message: httpx.Response) -> httpx.Response:
-        """Unchanged."""
-        return message
+        """Same as :meth:`on_inbound`."""
+        return self.on_inbound(message)
 
 
 _interceptor = GateInterceptor()

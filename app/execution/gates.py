@@ -24,13 +24,14 @@ Guarantees:
 
 This module imports no CrewAI; :mod:`app.execution.crewai_hooks` connects it to
 CrewAI's hooks. Flow control (per-model request budgets) adds its gates with
-:func:`add_gate` at worker start.
+:func:`add_gate` at worker start, and watches provider responses (a 429 pauses
+the model for the whole cluster) with :func:`add_response_observer`.
 """
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -122,6 +123,26 @@ def before_llm_call(model: str) -> None:
 def before_http_request(target: str) -> None:
     """Gate one HTTP request to the provider (``target``: host and path, never the query)."""
     check("http", target)
+
+
+#: Sees each provider response of a run: ``(ctx, HTTP status, response headers)``.
+ResponseObserver = Callable[["CrewContext", int, Mapping[str, str]], None]
+_observers: list[ResponseObserver] = []
+
+
+def add_response_observer(observer: ResponseObserver) -> None:
+    """Call ``observer`` with every provider response of every run in this process."""
+    if observer not in _observers:
+        _observers.append(observer)
+
+
+def after_http_response(status: int, headers: Mapping[str, str]) -> None:
+    """Tell the observers about one provider response of the current run (none outside a run)."""
+    ctx = _current_run.get()
+    if ctx is None:
+        return
+    for observer in tuple(_observers):
+        observer(ctx, status, headers)
 
 
 def before_tool_call(tool: str) -> None:

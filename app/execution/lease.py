@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from enum import Enum
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -34,12 +35,23 @@ class LeaseState(Enum):
 class Lease:
     """A renewable lease on ``run_id`` for attempt ``attempt``."""
 
-    def __init__(self, run_id: uuid.UUID, *, attempt: int, lease_seconds: int, base: int = 0) -> None:
+    def __init__(
+        self,
+        run_id: uuid.UUID,
+        *,
+        attempt: int,
+        lease_seconds: int,
+        base: int = 0,
+        on_renew: Callable[[], None] | None = None,
+    ) -> None:
         self.run_id = run_id
         self.attempt = attempt
         self.lease_seconds = lease_seconds
         #: Attempts before the run's last replay: this attempt is try ``attempt - base`` of its budget.
         self.base = base
+        #: Called after each renewal that held: what else lives as long as the lease
+        #: (the run's flow-control slot) is renewed with it.
+        self.on_renew = on_renew
 
     @property
     def tries(self) -> int:
@@ -61,6 +73,8 @@ class Lease:
         except SQLAlchemyError as exc:
             log.warning("could not renew the lease (will retry at the next heartbeat): %s", exc)
             return LeaseState.UNKNOWN
+        if held and self.on_renew is not None:
+            self.on_renew()
         return LeaseState.HELD if held else LeaseState.LOST
 
     def current_status(self) -> RunStatus | None:

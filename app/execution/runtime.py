@@ -69,10 +69,12 @@ def prepare() -> None:
 
         _patch_crewai()
         from app.execution import crewai_hooks, llm_injection, trace
+        from app.flow import worker as flow
 
         llm_injection.install()
         trace.install()
         crewai_hooks.install()
+        flow.install()
         _prepared = True
 
 

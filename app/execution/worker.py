@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -49,6 +50,9 @@ from app.execution.lease import Lease
 from app.execution.outcome import classify_failure
 from app.execution.retry import backoff_seconds
 from app.execution.runner import CrewJob, Verdict, supervise
+from app.flow.budget import BudgetWaitExpired
+from app.flow.policy import plugin_cap
+from app.flow.worker import RunSlot, run_deadline
 from app.llm import make_llm, model_name
 from app.logs import bind
 from app.plugins.settings import validate_settings
@@ -117,7 +121,7 @@ def execute(
         with session_scope() as session:
             claimed = runs.claim(session, rid, now=utcnow(), lease_seconds=settings.lease_seconds)
         if claimed is None:
-            finish = _unclaimed(rid)
+            finish = _unclaimed(rid, plugin)
         else:
             with bind(plugin=claimed.plugin, user_id=claimed.user_id, attempt=claimed.attempt):
                 finish = _run(claimed, settings)
@@ -149,7 +153,7 @@ def celery_outcome(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _unclaimed(rid: uuid.UUID) -> Finish:
+def _unclaimed(rid: uuid.UUID, plugin: str | None) -> Finish:
     now = utcnow()
     with session_scope() as session:
         state = runs.states(session, [rid]).get(rid)
@@ -160,6 +164,9 @@ def _unclaimed(rid: uuid.UUID) -> Finish:
         state.next_attempt_at is not None and state.next_attempt_at > now
     )
     log.info("run not claimable (%s); duplicate delivery is a no-op", state.status.value)
+    if state.status != RunStatus.PROCESSING and plugin and keys.plugin_name_ok(plugin):
+        # Nobody runs it: the flow-control slot the consumer took for this dispatch goes back.
+        RunSlot(plugin, str(rid), lease_seconds=0).release()
     return Finish(state.status.value, entry_done=state.is_terminal or retry_waiting)
 
 
@@ -185,12 +192,26 @@ class Attempt:
 
 
 def _run(claimed: runs.ClaimedRun, settings: Settings) -> Finish:
+    # The plugin's flow-control slot lives as long as the lease, and goes back at the end.
+    slot = RunSlot(claimed.plugin, str(claimed.run_id), lease_seconds=settings.lease_seconds)
     lease = Lease(
-        claimed.run_id, attempt=claimed.attempt, lease_seconds=settings.lease_seconds, base=claimed.base
+        claimed.run_id,
+        attempt=claimed.attempt,
+        lease_seconds=settings.lease_seconds,
+        base=claimed.base,
+        on_renew=slot.renew,
     )
-    attempt = Attempt(lease, claimed.started_at, model_name(settings))
+    try:
+        return _run_leased(claimed, settings, Attempt(lease, claimed.started_at, model_name(settings)), slot)
+    finally:
+        slot.release()
+
+
+def _run_leased(claimed: runs.ClaimedRun, settings: Settings, attempt: Attempt, slot: RunSlot) -> Finish:
+    lease = attempt.lease
     try:
         plugin = find_plugin(claimed.plugin, settings.plugins_dir)
+        slot.hold(plugin_cap(plugin.name, plugin.manifest.max_concurrency, settings))
         crew_folder = entry_point_file(plugin)[0].parent
         effective = validate_settings(plugin, claimed.input)
         timeout = settings.run_timeout(plugin.manifest.timeout_seconds)
@@ -212,7 +233,10 @@ def _run(claimed: runs.ClaimedRun, settings: Settings) -> Finish:
     )
     job = CrewJob(plugin, ctx, attempt.model)
     log.info("running crew (time limit %s s)", timeout)
-    verdict = supervise(job, lease=lease, timeout=timeout)
+    # The crew thread inherits the deadline: a request that cannot get a turn in the model's
+    # budget before it is not sent (the attempt fails as transient and is retried later).
+    with run_deadline(time.monotonic() + timeout):
+        verdict = supervise(job, lease=lease, timeout=timeout)
     if verdict is not Verdict.FINISHED and runtime.in_pool_child():
         workdir.remove(ctx.workdir)  # this child exits soon; its crew thread will never clean up
     if verdict is Verdict.TIMED_OUT:
@@ -224,7 +248,20 @@ def _run(claimed: runs.ClaimedRun, settings: Settings) -> Finish:
     if job.output is not None:
         return _complete(attempt, job.output)
     assert job.error is not None
-    return _failure(attempt, job.error, settings)
+    # A request refused by the model's budget surfaces from the provider client as a
+    # connection error; the run's error says what really happened.
+    return _failure(attempt, _flow_cause(job.error) or job.error, settings)
+
+
+def _flow_cause(exc: BaseException) -> BudgetWaitExpired | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, BudgetWaitExpired):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _with_abandoned(finish: Finish, job: CrewJob) -> Finish:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app.errors import PluginError, Problem
 from app.plugins import yamlsafe
-from app.plugins.names import PLUGIN_NAME_RE
+from app.plugins.names import DEFAULT_RUNS_QUEUE, PLUGIN_NAME_RE, QUEUE_NAME_RE, SCHEDULER_QUEUE
 
 MANIFEST_FILE = "plugin.yaml"
 # Semantic Versioning 2.0.0, the official regular expression.
@@ -68,6 +68,11 @@ class PluginManifest(BaseModel):
     #: Fail a run whose tools raised or whose structured output did not validate
     #: (otherwise the run completes and its report lists them).
     fail_on: list[FailOn] = Field(default_factory=list)
+    #: At most this many runs of the plugin in flight across the whole cluster (None: no cap).
+    #: Operators override it with FIRST_SIP_MAX_CONCURRENCY.
+    max_concurrency: int | None = Field(default=None, ge=1, le=100_000)
+    #: The Celery queue its runs go to, so a slow plugin can have workers of its own.
+    queue: str = DEFAULT_RUNS_QUEUE
 
     @field_validator("name")
     @classmethod
@@ -107,6 +112,17 @@ class PluginManifest(BaseModel):
     def _migrator(cls, value: str | None) -> str | None:
         if value is not None and not CALLABLE_REF_RE.fullmatch(value):
             raise ValueError(f"{value!r} must look like 'relative/path.py:function'")
+        return value
+
+    @field_validator("queue")
+    @classmethod
+    def _queue_name(cls, value: str) -> str:
+        if not QUEUE_NAME_RE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} must match {QUEUE_NAME_RE.pattern} (lower-case letters, digits, . _ -)"
+            )
+        if value == SCHEDULER_QUEUE:
+            raise ValueError(f"{value!r} is the scheduler's own queue; pick another name")
         return value
 
     @property

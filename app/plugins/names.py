@@ -6,3 +6,10 @@ import re
 
 #: A plugin name is a safe token: it becomes part of Redis keys and module names.
 PLUGIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+#: A Celery queue name a plugin may route its runs to: a safe token (it becomes a Redis key).
+QUEUE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+#: The queue every plugin's runs go to unless its manifest names another.
+DEFAULT_RUNS_QUEUE = "runs"
+#: The scheduler's own queue: never a plugin's, so a backlog of runs cannot delay a tick.
+SCHEDULER_QUEUE = "scheduler"

@@ -100,6 +100,8 @@ def _row_values(plugin: Plugin) -> dict[str, Any]:
         "settings_schema": plugin.settings_schema,
         "schema_fingerprint": plugin.schema_fingerprint,
         "timeout_seconds": m.timeout_seconds,
+        "max_concurrency": m.max_concurrency,
+        "queue": m.queue,
     }
 
 

@@ -16,6 +16,10 @@ One iteration:
 3. housekeeping when due: trim each stream by age, drop idle empty consumers;
 4. read new entries (``>``) and dispatch the valid ones; dead-letter the rest.
 
+Flow control (:mod:`app.streams.gate`): every dispatch, first or re-dispatch,
+passes the gate; what it holds back stays pending here and is offered again at
+each iteration, and a plugin whose entries are held is not read meanwhile.
+
 Guarantees: a valid new entry becomes one ``execute_run`` task and stays
 pending (the worker acks it when its run is terminal); nothing is acked here
 except entries whose run is terminal or pending, and dead letters. A broker,
@@ -57,6 +61,7 @@ from app.config import Settings, get_settings
 from app.db import runs
 from app.db.engine import session_scope
 from app.db.models import PluginRow
+from app.flow.policy import plugin_cap
 from app.redis_client import get_redis
 from app.streams import keys
 from app.streams.dispatch import Dispatch, Dispatcher
@@ -64,6 +69,7 @@ from app.streams.dlq import move_to_dead_letters
 from app.streams.dlq import reconcile as reconcile_dead_letters
 from app.streams.envelope import Envelope, Reason, parse_entry
 from app.streams.errors import DB_ERRORS
+from app.streams.gate import FlowGate
 from app.streams.groups import ensure_group, missing_group, remove_idle_consumers
 from app.streams.producer import trim_stream
 from app.streams.reclaim import Decision, Entry, entries_from, rejection
@@ -109,6 +115,7 @@ class StreamConsumer:
         self.plugins: list[str] = []
         self.totals = LoopStats()
         self._undispatched: list[Dispatch] = []
+        self._gate = FlowGate(client=self.client, consumer=self.name, settings=self.settings)
         self._fails: list[_Fail] = []
         self._settler = Settler(
             client=self.client,
@@ -117,6 +124,7 @@ class StreamConsumer:
             on_dispatch=self._dispatch,
             on_dead_letter=self._dead_letter,
             on_stream_error=self._stream_broken,
+            queue_for=self.dispatcher.queue_for,
         )
         self._next: dict[str, datetime] = {}  # phase -> when it is next due
         self._db_down_since: datetime | None = None
@@ -140,6 +148,7 @@ class StreamConsumer:
     def loop_once(self, now: datetime, *, block: bool = True) -> LoopStats:
         """One iteration; raises on a Redis or broker error (the runner backs off and calls again)."""
         stats = LoopStats()
+        self._offer_held(stats)
         self._flush_dispatches(stats)
         self._database_phases(now, stats)
         if self._due("housekeeping", now, self.settings.stream_trim_interval_seconds):
@@ -196,9 +205,17 @@ class StreamConsumer:
 
     def _refresh_plugins(self) -> None:
         with session_scope() as session:
-            rows = session.execute(select(PluginRow.name, PluginRow.enabled).order_by(PluginRow.name)).all()
+            rows = session.execute(
+                select(
+                    PluginRow.name, PluginRow.enabled, PluginRow.max_concurrency, PluginRow.queue
+                ).order_by(PluginRow.name)
+            ).all()
         plugins = []
-        for name, enabled in rows:
+        caps = {name: plugin_cap(name, cap, self.settings) for name, _e, cap, _q in rows}
+        self._gate.caps = {name: cap for name, cap in caps.items() if cap is not None}
+        self._gate.queues = {name: queue for name, _e, _c, queue in rows}
+        self.dispatcher.route(self._gate.queues)
+        for name, enabled, _cap, _queue in rows:
             try:
                 # Disabled plugins keep being drained while their stream exists.
                 ensure_group(self.client, name, create_stream=enabled)
@@ -265,14 +282,20 @@ class StreamConsumer:
     # ---- new entries -------------------------------------------------------------------------
 
     def _read_new(self, *, block: bool) -> list[Entry]:
-        streams = [p for p in self.plugins if p not in self._settler.history]
-        if not streams:
+        # A plugin whose entries flow control holds back is not read: the rest wait unread.
+        streams = [p for p in self.plugins if p not in self._settler.history and not self._gate.holding(p)]
+        if not streams and (self._settler.history or not self._gate.held_count):
             return []
         count = self.settings.stream_read_count
-        with self.client.pipeline(transaction=False) as pipe:
-            for plugin in streams:
-                pipe.xreadgroup(keys.GROUP, self.name, {keys.stream(plugin): ">"}, count=count)
-            replies = pipe.execute(raise_on_error=False)
+        replies: list[Any] = []
+        if streams:
+            with self.client.pipeline(transaction=False) as pipe:
+                for plugin in streams:
+                    pipe.xreadgroup(keys.GROUP, self.name, {keys.stream(plugin): ">"}, count=count)
+                # A provider's 429 pause, read in the same round trip (flow control).
+                pipe.pttl(self._gate.pause_key)
+                *replies, pause = pipe.execute(raise_on_error=False)
+            self._gate.note_pause(pause)
         entries: list[Entry] = []
         for plugin, reply in zip(streams, replies, strict=True):
             if isinstance(reply, redis.ResponseError) and missing_group(reply):
@@ -291,8 +314,9 @@ class StreamConsumer:
         if entries or not block or block_ms <= 0:
             return entries
         # Every stream was empty: sleep on the producers' doorbell (see the module docstring).
-        # The next iteration's non-blocking read picks up whatever rang it.
-        self.client.blpop([keys.doorbell()], timeout=block_ms / 1000)
+        # The next iteration's non-blocking read picks up whatever rang it. Workers ring it too
+        # when a capped plugin's run ends; a budget's next turn shortens the sleep.
+        self.client.blpop([keys.doorbell()], timeout=self._gate.block_seconds(block_ms / 1000))
         return []
 
     def _handle_new(self, entries: list[Entry], now: datetime, stats: LoopStats) -> None:
@@ -309,8 +333,17 @@ class StreamConsumer:
             self._dead_letter(entry, decision, now, stats)
 
     def _dispatch(self, items: list[Dispatch], stats: LoopStats) -> None:
-        self._undispatched.extend(items)
+        admitted = self._gate.admit(items)  # what flow control holds back stays pending here
+        stats.held += self._gate.newly_held
+        self._undispatched.extend(admitted)
         self._flush_dispatches(stats)
+
+    def _offer_held(self, stats: LoopStats) -> None:
+        """Offer the held-back entries to the gate again, and keep them ours while they wait."""
+        if not self._gate.held_count:
+            return
+        self._gate.touch()
+        self._dispatch([], stats)
 
     def _flush_dispatches(self, stats: LoopStats) -> None:
         if not self._undispatched:

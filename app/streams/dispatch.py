@@ -37,6 +37,9 @@ class Dispatch:
     run_id: uuid.UUID
     plugin: str
     entry_id: str
+    #: The group's delivery counter for the entry once this dispatch is made (flow control
+    #: holds an entry back without counting a delivery; see app.streams.gate).
+    delivery_count: int = 1
 
     def kwargs(self) -> dict[str, str]:
         """The keyword arguments ``execute_run`` receives."""
@@ -49,11 +52,33 @@ class Dispatch:
 
 
 class Dispatcher:
-    """Sends ``execute_run`` tasks over one broker connection of its own, held for the process's life."""
+    """Sends ``execute_run`` tasks over one broker connection of its own, held for the process's life.
+
+    Each plugin's runs go to its queue (manifest key ``queue``, set through :meth:`route`);
+    plugins not routed go to ``runs``.
+    """
 
     def __init__(self, *, batch_size: int = 1000) -> None:
         self._producer: Any = None
         self._batch_size = batch_size
+        self._routes: dict[str, str] = {}
+        self._declared: set[str] = set()
+
+    def route(self, queues: dict[str, str]) -> None:
+        """Plugin name -> Celery queue, for the dispatches that follow."""
+        self._routes = dict(queues)
+
+    def queue_for(self, plugin: str) -> str:
+        """The Celery queue ``plugin``'s runs are sent to."""
+        return self._routes.get(plugin, RUNS_QUEUE)
+
+    def _declare(self, producer: Any, queue: str) -> None:
+        if queue in self._declared:
+            return
+        # Declared once per connection, so no publish has to (see ``declare=()`` below).
+        # (Celery's queue table creates an unknown queue on first lookup, like any routed task.)
+        maybe_declare(celery_app.amqp.queues[queue], producer.channel)  # type: ignore[no-untyped-call]
+        self._declared.add(queue)
 
     def _acquire(self) -> Any:
         if self._producer is None:
@@ -62,8 +87,8 @@ class Dispatcher:
             connection = celery_app.connection_for_write()
             try:
                 producer = celery_app.amqp.Producer(connection, auto_declare=False)
-                # Declared once here, so no publish has to (see ``declare=()`` below).
-                maybe_declare(celery_app.amqp.queues[RUNS_QUEUE], producer.channel)  # type: ignore[no-untyped-call]
+                self._declared = set()
+                self._declare(producer, RUNS_QUEUE)
             except Exception:
                 connection.release()
                 raise
@@ -80,6 +105,8 @@ class Dispatcher:
         try:
             # Our caller owns retries (entries stay pending): Celery's own publish retry
             # would only stall the loop, and it cannot apply to a batch anyway.
+            for queue in {self.queue_for(item.plugin) for item in items}:
+                self._declare(producer, queue)
             with producer.batch(max_size=self._batch_size):
                 for item in items:
                     run_id, kwargs = str(item.run_id), item.kwargs()
@@ -88,7 +115,7 @@ class Dispatcher:
                         kwargs=kwargs,
                         task_id=task_id_for(run_id, item.entry_id),
                         producer=producer,
-                        queue=RUNS_QUEUE,
+                        queue=self.queue_for(item.plugin),
                         retry=False,
                         # Celery would re-declare the queue and saferepr() the arguments for
                         # every task: a third of its cost. Both are known and plain here.

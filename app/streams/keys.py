@@ -9,6 +9,9 @@ XREADGROUP, which is what makes any plugin's stream free to live on any node.
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 from app.config import get_settings
 from app.plugins.names import PLUGIN_NAME_RE
 
@@ -29,6 +32,11 @@ def _checked(plugin: str) -> str:
     if not PLUGIN_NAME_RE.fullmatch(plugin):
         raise ValueError(f"not a valid plugin name: {plugin!r}")
     return plugin
+
+
+def plugin_name_ok(plugin: str) -> bool:
+    """True if ``plugin`` may become part of a key (task arguments are not trusted)."""
+    return bool(PLUGIN_NAME_RE.fullmatch(plugin))
 
 
 def stream(plugin: str) -> str:
@@ -55,6 +63,33 @@ def plugin_from_stream(key: str) -> str | None:
 def doorbell() -> str:
     """A one-element list the producer pushes after publishing: idle consumers BLPOP it to wake at once."""
     return f"{_prefix()}:streams:doorbell"
+
+
+# ---- flow control (app/flow) ------------------------------------------------------------------
+
+_MODEL_TOKEN_RE = re.compile(r"^[A-Za-z0-9._:/@-]{1,200}$")
+
+
+def _model_tag(model: str) -> str:
+    # A model name is an operator setting; anything unusual becomes a digest, never a raw key part.
+    if _MODEL_TOKEN_RE.fullmatch(model):
+        return model
+    return "sha1-" + hashlib.sha1(model.encode(), usedforsecurity=False).hexdigest()
+
+
+def inflight(plugin: str) -> str:
+    """Sorted set of ``plugin``'s runs in flight: member run id, score lease expiry (ms, Redis clock)."""
+    return f"{_prefix()}:flow:inflight:{{{_checked(plugin)}}}"
+
+
+def budget(model: str) -> str:
+    """Sorted set of ``model``'s LLM requests in the budget window (score: when, ms, Redis clock)."""
+    return f"{_prefix()}:flow:budget:{{{_model_tag(model)}}}"
+
+
+def pause(model: str) -> str:
+    """Set with a TTL while a provider's 429 pauses ``model`` (same hash slot as its budget)."""
+    return f"{_prefix()}:flow:pause:{{{_model_tag(model)}}}"
 
 
 def consumer_heartbeat(host: str) -> str:

@@ -21,7 +21,6 @@ from typing import Any
 
 import redis
 
-from app.celery_app import RUNS_QUEUE
 from app.config import Settings
 from app.db import runs
 from app.db.engine import session_scope
@@ -63,8 +62,11 @@ class Settler:
         on_dispatch: Callable[[list[Dispatch], LoopStats], None],
         on_dead_letter: Callable[[Entry, Decision, datetime, LoopStats], None],
         on_stream_error: Callable[[str, Exception], None] | None = None,
+        queue_for: Callable[[str], str],
     ) -> None:
         self.client, self.name, self.settings = client, consumer, settings
+        #: The Celery queue a plugin's runs are sent to (its backlog is what ``decide`` weighs).
+        self._queue_for = queue_for
         self._on_dispatch, self._on_dead_letter = on_dispatch, on_dead_letter
         #: Called with (plugin, error) when one stream's key refuses a command (the others go on).
         self._on_stream_error = on_stream_error
@@ -156,7 +158,9 @@ class Settler:
             max_deliveries=self.settings.max_deliveries,
             visibility_ms=self.settings.visibility_timeout_seconds * 1000,
             # A queued run's task may simply be waiting behind others in Celery's queue.
-            broker_backlog=int(self.client.llen(keys.celery_queue(RUNS_QUEUE))) if waiting else 0,  # type: ignore[arg-type]
+            broker_backlog=int(self.client.llen(keys.celery_queue(self._queue_for(plugin))))
+            if waiting
+            else 0,  # type: ignore[arg-type]
             max_attempts=self.settings.max_attempts,
         )
         acks = [e.id for e, d in decided if d.action == Action.ACK]
@@ -168,7 +172,7 @@ class Settler:
         stats.kept += len(kept)
         self._on_dispatch(
             [
-                Dispatch(d.run_id, plugin, e.id)
+                Dispatch(d.run_id, plugin, e.id, e.delivery_count)
                 for e, d in decided
                 if d.action == Action.DISPATCH and d.run_id
             ],

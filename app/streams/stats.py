@@ -16,6 +16,8 @@ class LoopStats:
     kept: int = 0
     dead_lettered: int = 0
     republished: int = 0
+    #: Entries flow control held back (each counted every time it is offered and held).
+    held: int = 0
 
     def add(self, other: LoopStats) -> None:
         """Add ``other``'s counts to these."""
