@@ -276,13 +276,14 @@ def test_an_unknown_model_is_permanent(worker: ManagedProcess, llm: LLMServer, d
 def test_next_attempt_waits_for_a_retry_after_longer_than_the_backoff(
     worker: ManagedProcess, llm: LLMServer, db: str
 ) -> None:
-    llm.default = Reply(status=429, retry_after=30)
+    # Retry-After 3 s is six times RETRY_MAX_SECONDS (0.5 s): the backoff alone would retry sooner.
+    llm.default = Reply(status=429, retry_after=3)
     run_id = chain_run(1)
     dispatch(run_id)
     row = wait_for(run_id, RunStatus.PENDING, attempts=1)
     last = llm.completions()[-1]
     assert row.next_attempt_at is not None
-    assert row.next_attempt_at.timestamp() >= last.at + 30
-    assert row.next_attempt_at - timedelta(seconds=31) <= datetime.fromtimestamp(
+    assert row.next_attempt_at.timestamp() >= last.at + 3
+    assert row.next_attempt_at - timedelta(seconds=4) <= datetime.fromtimestamp(
         last.at, row.next_attempt_at.tzinfo
     )
