@@ -194,7 +194,9 @@ class PluginRun(TimestampMixin, Base):
     scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: Manual triggers: the caller's idempotency key, unique per user.
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default=RunStatus.PENDING, index=True)
+    # No index of its own: ix_plugin_runs_status_next_attempt_at leads with status and serves
+    # every status filter; one index fewer for every insert and status change to maintain.
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.PENDING)
     #: The effective settings the run executes with (validated again by the worker).
     input: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     output: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
