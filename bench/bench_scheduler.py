@@ -115,43 +115,9 @@ Redis pipeline of XADDs and one UPDATE marking the runs queued. Once a tick's fi
 goes on with `SCHEDULER_THREADS` (2) threads: `SKIP LOCKED` gives each batch to one of them, as between
 two beats, and one thread's Python work overlaps the other's wait on PostgreSQL.
 
-What degraded between 100k and 1M (`python -m bench.profile_rush --rush 1000000 --auto-explain-ms 150`,
-per 100k slice, same shared machine, load average 2-7): before the fix the rate fell from 3,101/s in
-the first slice to 852/s in the last (1M in 549.8 s = 1,819/s), and all of the loss was in publishing:
-8.7 s -> 96.9 s per 100k. auto_explain showed why: `mark_queued`'s UPDATE ran a *cached generic plan*
-(psycopg prepares a statement on its 5th execution in a connection; PostgreSQL then keeps a generic
-plan) made while `plugin_runs` held ~7,500 rows, estimating 113 rows for `status IN ('pending', 'queued',
-'processing')`: a Bitmap Index Scan of `ix_plugin_runs_status_next_attempt_at` hash-joined with the
-batch, i.e. every waiting run read again for each batch of 1,000 (47,000 rows at 47k runs). Over the
-rush that index had 3,000 scans reading 1,000,000,000 entries while the unique `run_id` index had 0
-scans, and blocks read from outside shared_buffers grew from 17k to 8.1M per slice. Fix: the status
-filter is written `NOT IN (terminal)` (the same set under the CHECK constraint, but never an index
-condition, so the only index path is the `run_id` probe), and the batch statements are planned per
-execution (`SET LOCAL plan_cache_mode = force_custom_plan`, one per batch transaction). After it:
-990,000 `run_id` probes, 0 status-index scans, and the publish phase flat at 5-12 s per 100k (it moves
-with the machine's load, not with the rush's progress).
-
-What did not degrade: the due query itself. `EXPLAIN (ANALYZE, BUFFERS)` of `ORDER BY next_run_at
-LIMIT 1000 FOR UPDATE SKIP LOCKED`: 23 index buffers and 1.9 ms per batch at the start, 733 buffers
-and 4.2 ms after 900,000 (the dead entries the rush's own updates leave behind are hinted dead on
-the first visit): about 2 s over a 1M rush, so no keyset pagination was needed. This shared server
-runs with autovacuum off, so nothing cleaned up or re-analysed during the rush.
-
-Python (py-spy, 100k rush): the slot arithmetic in each user's zone (`next_after`, `latest_slot`,
-DST checks) was 23% of the tick and merging each config's settings with deep copies of the plugin
-defaults 7%. Both are now done once per (zone, preferred time, frequency, weekday, due time) and once
-per plugin per tick: the plan phase went from 5-9 s to 1.1-3 s per 100k. What is left: 55% of the tick
-waits on PostgreSQL, most of it in the INSERT (three foreign-key checks per row were 11 of its 22 ms
-per 1,000 rows in EXPLAIN ANALYZE; seven indexes per run row) and in the two UPDATEs, which cannot be
-HOT because `next_run_at` and `status` are indexed; then XADD packing in redis-py and JSON encoding.
-Two threads measured +15% and +34% over one at 100k, interleaved, on this machine (load 3-8).
-
-On this shared machine a single figure moves by 2x with the other engineers' load, so the table's
-100k/1M ratio is mostly load; the flatness evidence is the profile's per-slice rates in one rush:
-after the fix 3,612/s in the first 100k and 5,545/s in the last (1M in 261.7 s at load 3-7, one
-thread), where before it fell from 3,101/s to 852/s. With the two threads, one 1M rush took 240.6 s
-(4,156/s) while the load average fell from 11 to 4.5: 2,083-3,544/s per 100k during the first 400k
-(load 10-11), then 5,308-7,603/s for every later slice, the last ones included."""
+What degraded between 100k and 1M and the per-slice rates of one rush (the flatness evidence; a
+single figure here moves by 2x with the machine's load): the next section, written by hand from
+`python -m bench.profile_rush`, not rewritten by this benchmark."""
 
 
 def _load() -> str:
