@@ -77,8 +77,8 @@ def _tick(due: int) -> float:
 
 
 def _stream_entries() -> int:
+    from app import keys
     from app.redis_client import get_redis
-    from app.streams import keys
 
     return int(get_redis().xlen(keys.stream("daily-news-digest")))
 
@@ -95,8 +95,8 @@ def bench_tick_vs_table_size(small: int, large: int, due: int) -> dict[str, floa
 
 def bench_rush(count: int) -> dict[str, float]:
     """Seconds and schedules/s for ``count`` configs all due at 06:00, each a row and an entry."""
+    from app import keys
     from app.redis_client import get_redis
-    from app.streams import keys
 
     _populate(count, count)
     get_redis().delete(keys.stream("daily-news-digest"))

@@ -8,14 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from app import api
+from app import api, keys
 from app.db.engine import session_scope
 from app.db.models import PluginRun, RunStatus, User, UserPluginConfig
 from app.outbox import sweep
 from app.plugins.registry import discover
 from app.plugins.sync import sync_plugins
 from app.scheduler import _schedule_batch, schedule_due, tick
-from app.streams import keys
 from tests.conftest import unique_email
 
 T0 = datetime(2026, 5, 1, 6, 0, tzinfo=UTC)
