@@ -52,6 +52,6 @@ def execute_run(
 @celery_app.task(name=SCHEDULE_DUE_RUNS, ignore_result=True)
 def schedule_due_runs() -> dict[str, int]:
     """One scheduler tick: create due runs, publish them, sweep the outbox."""
-    from app.scheduler import tick
+    from app.beat_tick import tick
 
     return tick()

@@ -68,7 +68,7 @@ def _populate(total: int, due: int) -> None:
 
 
 def _tick(due: int) -> float:
-    from app.scheduler import schedule_due
+    from app.beat_tick import schedule_due
 
     with Timer() as timer:
         report = schedule_due(now=NOW)
@@ -101,7 +101,7 @@ def bench_rush(count: int) -> dict[str, float]:
     _populate(count, count)
     get_redis().delete(keys.stream("daily-news-digest"))
     with Timer() as timer:
-        from app.scheduler import schedule_due
+        from app.beat_tick import schedule_due
 
         report = schedule_due(now=NOW)
     assert report.created == count and _stream_entries() == count, report

@@ -19,7 +19,7 @@ from app.cli import cli
 from app.db.models import RunStatus
 from app.status import pipeline_status
 from app.streams import heartbeat
-from app.streams.runner import run
+from app.streams.consumer_process import run
 from tests.test_streams_support import (
     add_plugin,
     broker_tasks,

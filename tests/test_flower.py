@@ -17,9 +17,9 @@ import redis
 from app import api, keys
 from app.db.engine import session_scope
 from app.db.models import RunStatus
+from app.local_processes import free_port
 from app.plugins.registry import discover
 from app.plugins.sync import sync_plugins
-from app.supervise import free_port
 from app.task_names import task_id_for
 from tests.conftest import ROOT, unique_email
 from tests.llm_server import LLMServer, Reply

@@ -14,8 +14,8 @@ from tests.conftest import ROOT
 ENTRY_POINTS = {
     "api": "import app.api",
     "cli": "import app.cli",
-    "consumer": "import app.streams.consumer, app.streams.runner, app.commands.consumer",
-    "beat": "import app.celery_app, app.tasks, app.scheduler, app.outbox",
+    "consumer": "import app.streams.consumer, app.streams.consumer_process, app.commands.consumer",
+    "beat": "import app.celery_app, app.tasks, app.beat_tick, app.outbox",
     "status": "import app.status",
 }
 
@@ -31,7 +31,7 @@ def test_entry_point_does_not_import_crewai(name: str) -> None:
 
 
 def test_running_a_scheduler_tick_does_not_import_crewai(db, redis_client) -> None:  # type: ignore[no-untyped-def]
-    code = "from app.scheduler import tick\ntick()\nimport sys\nprint('crewai' in sys.modules)"
+    code = "from app.beat_tick import tick\ntick()\nimport sys\nprint('crewai' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "False"
@@ -90,7 +90,7 @@ def _reaches(imports: set[str], forbidden: tuple[str, ...]) -> list[str]:
 def test_no_hidden_import_loops() -> None:
     """Lazy imports count too: a function-level import of the tasks is still a loop back."""
     app_dir = ROOT / "app"
-    worker_side = ("app.tasks", "app.execution", "app.scheduler", "crewai")
+    worker_side = ("app.tasks", "app.execution", "app.beat_tick", "crewai")
     for path in sorted([*app_dir.joinpath("streams").glob("*.py"), *app_dir.joinpath("db").glob("*.py")]):
         assert _reaches(_imports_anywhere(path), worker_side) == [], path
     celery_side = _imports_anywhere(app_dir / "celery_app.py")

@@ -2,8 +2,8 @@
 
 Shape (huey's): :meth:`StreamConsumer.initialize`, then
 :meth:`StreamConsumer.loop_once` repeatedly (one iteration, ``now`` injected so
-tests are deterministic), then :meth:`StreamConsumer.shutdown`. The runner
-(:mod:`app.streams.runner`) owns signals, backoff and the heartbeat.
+tests are deterministic), then :meth:`StreamConsumer.shutdown`. The process
+(:mod:`app.streams.consumer_process`) owns signals, backoff and the heartbeat.
 
 One iteration:
 
