@@ -3,7 +3,10 @@
 Configuration is added lazily (``add_defaults`` with a callable), so importing
 this module reads no settings; the first use of ``celery_app.conf`` does.
 Run state lives in PostgreSQL, so results are ignored. Nothing here imports
-CrewAI: beat, the consumer and the API import this module too.
+CrewAI, the execution package or the database: beat, the consumer and the API
+import this module too. The worker's start-up hooks are in
+:mod:`app.worker_hooks`, connected by :mod:`app.tasks` (which the worker
+imports through ``include``).
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from typing import Any
 from celery import Celery, signals
 from kombu.entity import Exchange, Queue
 
+from app import keys
 from app.aligned_schedule import AlignedSchedule
 from app.config import Settings, get_settings
 from app.plugins.names import DEFAULT_RUNS_QUEUE, SCHEDULER_QUEUE
-from app.streams import keys
+from app.task_names import SCHEDULE_DUE_RUNS
 
 #: Queue of execute_run tasks; schedule_due_runs uses its own so a backlog of runs never delays a tick.
 #: A plugin may route its runs to a queue of its own (manifest key ``queue``).
@@ -97,10 +101,10 @@ def _config() -> dict[str, Any]:
         # `celery worker` never leaves schedules silently unrun. Same shape as the queues Celery
         # creates on demand (exchange and routing key named after the queue), so routing agrees.
         "task_queues": [_queue(name) for name in known_queues(settings)],
-        "task_routes": {"app.tasks.schedule_due_runs": {"queue": SCHEDULER_QUEUE}},
+        "task_routes": {SCHEDULE_DUE_RUNS: {"queue": SCHEDULER_QUEUE}},
         "beat_schedule": {
             "schedule-due-runs": {
-                "task": "app.tasks.schedule_due_runs",
+                "task": SCHEDULE_DUE_RUNS,
                 # On the clock's :00/:30 (for 30 s), not 30 s after beat started: schedules
                 # are whole minutes, so a due run is created within a second of its minute.
                 "schedule": AlignedSchedule(settings.scheduler_tick_seconds),
@@ -123,36 +127,3 @@ def _setup_logging(**_: Any) -> None:
     from app.logs import configure_logging
 
     configure_logging()
-
-
-@signals.worker_init.connect
-def _check_worker(**_: Any) -> None:
-    # Runs in the worker's main process before the pool starts. Signal handlers'
-    # exceptions are only logged by Celery; SystemExit is not, so it stops the worker.
-    import logging
-
-    from app.execution import runtime, workdir
-    from app.llm import startup_problem
-
-    settings = get_settings()
-    runtime.configure_environment()
-    # Construct the configured LLM and its client as a run would (this imports CrewAI here, in
-    # the worker's main process; pool children reset what they inherit: runtime.after_fork).
-    problem = startup_problem(settings)
-    if problem:
-        # One line (the log record; Python prints it plainly if logging is not set up yet), exit 1.
-        logging.getLogger(__name__).critical("refusing to start the worker: %s", problem)
-        raise SystemExit(1)
-    # Run folders a killed worker left behind (older than any run may last) hold users' files.
-    workdir.sweep(settings.run_workdir_root, older_than=2 * settings.max_run_timeout_seconds)
-
-
-@signals.worker_process_init.connect
-def _after_fork(**_: Any) -> None:
-    # A forked pool child must not reuse the parent's database sockets.
-    from app.db.engine import dispose_engines
-    from app.execution import runtime
-
-    dispose_engines(close=False)
-    # Nor the parent's CrewAI event-bus threads and locks (should the parent have imported CrewAI).
-    runtime.after_fork()

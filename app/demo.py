@@ -32,7 +32,7 @@ from rich.markdown import Markdown
 
 from app.config import EMBEDDED_DATABASE_URL, VAR_DIR
 from app.errors import FirstSipError
-from app.supervise import Supervisor, SupervisorError, free_port
+from app.local_processes import Supervisor, SupervisorError, free_port
 
 DEMO_EMAIL = "demo@first-sip.local"
 DEMO_PLUGIN = "daily-news-digest"

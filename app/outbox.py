@@ -21,11 +21,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from app import keys
 from app.config import get_settings
 from app.db.engine import session_scope
 from app.db.models import PluginRow, PluginRun, RunStatus
 from app.redis_client import get_redis
-from app.streams import keys, producer
+from app.streams import producer
 from app.streams.producer import RunRef
 
 log = logging.getLogger(__name__)

@@ -23,13 +23,13 @@ from typing import Any
 import redis
 from sqlalchemy import func, select
 
+from app import keys
 from app.config import get_settings
 from app.db.engine import session_scope
 from app.db.models import PluginRow, PluginRun, UserPluginConfig, utcnow
 from app.flow import slots
 from app.flow.policy import model_budget, plugin_cap
 from app.redis_client import get_redis
-from app.streams import keys
 
 
 @dataclass

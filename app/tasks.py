@@ -1,7 +1,9 @@
 """Celery tasks. Thin: the logic lives in the service modules they call.
 
 ``execute_run`` imports the execution service (and so CrewAI) only when it
-runs, so importing this module stays cheap for beat, the consumer and the API.
+runs, so importing this module stays cheap for beat. Senders never import it:
+they send by name (:mod:`app.task_names`). Importing it connects the worker's
+start-up hooks (:mod:`app.worker_hooks`).
 """
 
 from __future__ import annotations
@@ -10,20 +12,14 @@ from typing import Any
 
 from celery.exceptions import Retry
 
+import app.worker_hooks  # noqa: F401  (connects the worker's signal handlers)
 from app.celery_app import celery_app
 from app.errors import RunFailed
-
-
-def task_id_for(run_id: object, entry_id: str | None) -> str:
-    """The Celery task id of one dispatch of a run: the run id shows in Flower's task list.
-
-    The stream entry id keeps re-dispatches of the same run distinct.
-    """
-    return f"run-{run_id}-{entry_id or 'direct'}"
+from app.task_names import EXECUTE_RUN, SCHEDULE_DUE_RUNS
 
 
 @celery_app.task(
-    name="app.tasks.execute_run",
+    name=EXECUTE_RUN,
     acks_late=True,
     ignore_result=True,
     # Expected outcomes: logged by Celery as one line, without a traceback.
@@ -53,9 +49,9 @@ def execute_run(
     return celery_outcome(execute(run_id, plugin=plugin, stream=stream, group=group, entry_id=entry_id))
 
 
-@celery_app.task(name="app.tasks.schedule_due_runs", ignore_result=True)
+@celery_app.task(name=SCHEDULE_DUE_RUNS, ignore_result=True)
 def schedule_due_runs() -> dict[str, int]:
     """One scheduler tick: create due runs, publish them, sweep the outbox."""
-    from app.scheduler import tick
+    from app.beat_tick import tick
 
     return tick()

@@ -123,8 +123,8 @@ def _now() -> Any:
 
 
 def _forget_budget(model: str) -> None:
+    from app import keys
     from app.redis_client import get_redis
-    from app.streams import keys
 
     get_redis().delete(keys.budget(model), keys.pause(model))
 

@@ -68,7 +68,7 @@ def _populate(total: int, due: int) -> None:
 
 
 def _tick(due: int) -> float:
-    from app.scheduler import schedule_due
+    from app.beat_tick import schedule_due
 
     with Timer() as timer:
         report = schedule_due(now=NOW)
@@ -77,8 +77,8 @@ def _tick(due: int) -> float:
 
 
 def _stream_entries() -> int:
+    from app import keys
     from app.redis_client import get_redis
-    from app.streams import keys
 
     return int(get_redis().xlen(keys.stream("daily-news-digest")))
 
@@ -95,13 +95,13 @@ def bench_tick_vs_table_size(small: int, large: int, due: int) -> dict[str, floa
 
 def bench_rush(count: int) -> dict[str, float]:
     """Seconds and schedules/s for ``count`` configs all due at 06:00, each a row and an entry."""
+    from app import keys
     from app.redis_client import get_redis
-    from app.streams import keys
 
     _populate(count, count)
     get_redis().delete(keys.stream("daily-news-digest"))
     with Timer() as timer:
-        from app.scheduler import schedule_due
+        from app.beat_tick import schedule_due
 
         report = schedule_due(now=NOW)
     assert report.created == count and _stream_entries() == count, report

@@ -38,8 +38,8 @@ def _envelope_fields(plugin: str) -> dict[str, str]:
 
 def bench_xadd(n: int) -> float:
     """(a) entries/s for bare XADDs of envelope-sized entries, pipelined."""
+    from app import keys
     from app.redis_client import get_redis
-    from app.streams import keys
 
     client, key = get_redis(), keys.stream("bench-raw")
     fields = [_envelope_fields("bench-raw") for _ in range(n)]
@@ -91,17 +91,17 @@ def bench_publish(n: int, plugins: list[str]) -> float:
 
 
 def _broker_len() -> int:
+    from app import keys
     from app.celery_app import RUNS_QUEUE
     from app.redis_client import get_redis
-    from app.streams import keys
 
     return int(get_redis().llen(keys.celery_prefix() + RUNS_QUEUE))  # type: ignore[arg-type]
 
 
 def _clear_broker() -> None:
+    from app import keys
     from app.celery_app import RUNS_QUEUE
     from app.redis_client import get_redis
-    from app.streams import keys
 
     get_redis().delete(keys.celery_prefix() + RUNS_QUEUE)
 
@@ -127,8 +127,8 @@ def bench_dispatch(n: int) -> float:
 
 def bench_apply_async(n: int) -> float:
     """(d) tasks/s for Celery's apply_async with one shared producer (Celery's defaults otherwise)."""
+    from app import keys
     from app.celery_app import celery_app
-    from app.streams import keys
     from app.tasks import execute_run
 
     _clear_broker()
@@ -146,9 +146,9 @@ def bench_wakeup(plugins: list[str], samples: int = 20) -> list[float]:
     """(e) seconds from XADD to the task in the broker, with every stream idle before."""
     import random
 
+    from app import keys
     from app.config import get_settings
     from app.redis_client import get_redis
-    from app.streams import keys
     from app.streams.consumer import StreamConsumer
 
     _clear_broker()

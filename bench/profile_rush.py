@@ -115,23 +115,23 @@ class Profile:
 def _instrument(profile: Profile) -> None:
     from sqlalchemy.orm import Session
 
-    from app import scheduler
+    from app import beat_tick
     from app.db import bulk
     from app.streams import producer
 
-    scheduler._Planner.plan = profile.timed("plan", scheduler._Planner.plan)  # type: ignore[method-assign]
-    for module, names in ((scheduler, PHASES[:1]), (bulk, PHASES[2:4]), (producer, PHASES[5:])):
+    beat_tick._Planner.plan = profile.timed("plan", beat_tick._Planner.plan)  # type: ignore[method-assign]
+    for module, names in ((beat_tick, PHASES[:1]), (bulk, PHASES[2:4]), (producer, PHASES[5:])):
         for name in names:
             setattr(module, name, profile.timed(name, getattr(module, name)))
     Session.commit = profile.timed("commit", Session.commit)  # type: ignore[method-assign]
-    batch = scheduler._schedule_batch
+    batch = beat_tick._schedule_batch
 
     def counted(**kwargs: Any) -> Any:
         handled, refs = batch(**kwargs)
         profile.batch_done(handled)
         return handled, refs
 
-    scheduler._schedule_batch = counted  # type: ignore[assignment]
+    beat_tick._schedule_batch = counted  # type: ignore[assignment]
 
 
 def _auto_explain(min_ms: int) -> None:
@@ -174,8 +174,8 @@ def main() -> None:
     args = parser.parse_args()
     with private_environment("prof"):
         _populate(args.rush, args.rush)
+        from app.beat_tick import schedule_due
         from app.db.engine import dispose_engines, get_engine
-        from app.scheduler import schedule_due
 
         dispose_engines()
         if args.auto_explain_ms:

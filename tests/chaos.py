@@ -323,8 +323,8 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
         trigger.join()
         statuses, last_done = _wait_terminal(cfg, t0)
         notes = _failure_reasons()
+        from app import keys
         from app.redis_client import get_redis
-        from app.streams import keys
 
         dead = sum(int(get_redis().xlen(keys.dead_letters(p))) for p in (PLUGIN, "daily-news-digest"))
         pg_windows = [(t - 15, t) for t, kind in faults if kind.startswith("postgres")]

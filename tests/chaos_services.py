@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from app.supervise import free_port
+from app.local_processes import free_port
 
 
 def _pg_bin(name: str) -> str:

@@ -9,13 +9,12 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select, update
 
-from app import api
+from app import api, keys
 from app.db.engine import session_scope
 from app.db.models import PluginRow, PluginRun, RunStatus, UserPluginConfig
 from app.errors import NotFoundError, PluginDisabledError, RunStateError, SettingsValidationError
 from app.plugins.registry import discover
 from app.plugins.sync import sync_plugins
-from app.streams import keys
 from tests.conftest import unique_email
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import redis
 
+from app import keys
 from app.db.models import RunStatus
-from app.streams import keys
 from app.streams.consumer import StreamConsumer
 from app.streams.envelope import MAX_PAYLOAD_BYTES, Reason
 from tests.test_streams_support import (

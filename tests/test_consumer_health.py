@@ -14,11 +14,12 @@ from datetime import UTC, datetime
 import redis
 from typer.testing import CliRunner
 
+from app import keys
 from app.cli import cli
 from app.db.models import RunStatus
 from app.status import pipeline_status
-from app.streams import heartbeat, keys
-from app.streams.runner import run
+from app.streams import heartbeat
+from app.streams.consumer_process import run
 from tests.test_streams_support import (
     add_plugin,
     broker_tasks,

@@ -196,6 +196,6 @@ def test_long_run_with_a_live_lease_is_not_redispatched(db, redis_client: redis.
 
 
 def _stream(plugin: str) -> str:
-    from app.streams import keys
+    from app import keys
 
     return keys.stream(plugin)

@@ -231,7 +231,7 @@ def test_output_problems_name_the_task_and_model_and_fail_on_turns_them_into_fai
     from crewai.tasks.task_output import TaskOutput
     from pydantic import BaseModel
 
-    from app.llm import make_llm
+    from app.execution.llm import make_llm
 
     class Brief(BaseModel):
         title: str

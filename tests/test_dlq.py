@@ -11,11 +11,12 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
+from app import keys
 from app.cli import cli
 from app.db import runs
 from app.db.models import RunStatus
 from app.redis_client import get_redis
-from app.streams import dlq, heartbeat, keys
+from app.streams import dlq, heartbeat
 from app.streams.envelope import Reason
 from app.streams.errors import AmbiguousDeadLetterError, DeadLetterNotFoundError, NotReplayableError
 from app.streams.groups import ensure_group

@@ -19,9 +19,9 @@ from app.errors import PermanentError, TransientError
 from app.execution import runtime
 from app.execution.contract import CrewContext, check_inputs, check_llm
 from app.execution.crew_loader import find_plugin, load_entry_point
+from app.execution.llm import make_llm
 from app.execution.outcome import error_message, is_transient, token_usage
 from app.execution.retry import backoff_seconds
-from app.llm import make_llm
 
 # ---- backoff ---------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
+from app import keys
 from app.config import get_settings, parse_caps
 from app.db.models import RunStatus, utcnow
 from app.errors import ConfigurationError, PluginError
@@ -22,7 +23,6 @@ from app.flow import slots
 from app.flow.budget import BudgetWaitExpired, ModelBudget, wait_turn
 from app.flow.policy import plugin_cap
 from app.plugins.manifest import parse_manifest
-from app.streams import keys
 from app.streams.consumer import StreamConsumer
 from tests.conftest import manifest_text
 from tests.test_streams_support import (

@@ -20,10 +20,10 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from app import keys
 from app.db.engine import session_scope
 from app.db.models import PluginRun, RunStatus
 from app.flow import slots
-from app.streams import keys
 from tests.llm_server import LLMServer, Reply, Request
 from tests.plugins.harness import PLUGINS_DIR, sync_test_plugins
 from tests.processes import ManagedProcess, worker_args

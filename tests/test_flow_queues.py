@@ -14,8 +14,8 @@ from pathlib import Path
 import redis
 import yaml
 
+from app import keys
 from app.db.models import RunStatus
-from app.streams import keys
 from tests.plugins.harness import TEST_PLUGINS, get_run, make_run, wait_for
 from tests.processes import VENV_BIN, ManagedProcess
 

@@ -14,14 +14,13 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from app import api
+from app import api, keys
 from app.db.engine import session_scope
 from app.db.models import RunStatus
+from app.local_processes import free_port
 from app.plugins.registry import discover
 from app.plugins.sync import sync_plugins
-from app.streams import keys
-from app.supervise import free_port
-from app.tasks import task_id_for
+from app.task_names import task_id_for
 from tests.conftest import ROOT, unique_email
 from tests.llm_server import LLMServer, Reply
 from tests.plugins.harness import (
@@ -93,7 +92,7 @@ def test_flower_login_and_execute_run_visible(flower: str) -> None:
         run = api.trigger_run(user.id, "daily-news-digest")
         # Straight to Celery (no consumer in this test): Flower sees the task and its arguments.
         from app.celery_app import celery_app
-        from app.tasks import execute_run, task_id_for
+        from app.tasks import execute_run
 
         # Own connection: this test must not depend on the state of the app's shared producer pool.
         with celery_app.connection_for_write() as connection:

@@ -17,7 +17,7 @@ import pytest
 from app.errors import RunStopped
 from app.execution import gates, runtime
 from app.execution.contract import CrewContext
-from app.llm import make_llm
+from app.execution.llm import make_llm
 from tests.llm_server import LLMServer, Reply
 
 

@@ -7,7 +7,8 @@ import pytest
 from app.config import get_settings
 from app.errors import ConfigurationError
 from app.execution import extractive
-from app.llm import OFFLINE_MODEL, llm_problem, make_llm
+from app.execution.llm import make_llm
+from app.llm_config import OFFLINE_MODEL, llm_problem
 
 ARTICLES = """Choose the stories for today's digest.
 Topics: science, sports

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from app.execution import runtime
+from app.execution.llm import make_llm
 from app.execution.outcome import classify_failure, is_transient
 from app.execution.provider_errors import mask_keys, retry_after_of
-from app.llm import make_llm
 from tests.llm_server import LLMServer, Reply
 
 MODEL = "openai/gpt-4o-mini"

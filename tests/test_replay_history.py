@@ -20,6 +20,7 @@ from typing import Any
 import redis
 from typer.testing import CliRunner
 
+from app import keys
 from app.cli import cli
 from app.config import get_settings
 from app.db import runs
@@ -30,7 +31,7 @@ from app.execution.lease import Lease
 from app.execution.worker import RETRY_SCHEDULED, Attempt, _failure
 from app.outbox import sweep
 from app.redis_client import get_redis
-from app.streams import dlq, keys
+from app.streams import dlq
 from app.streams.envelope import Reason
 from app.streams.groups import ensure_group
 from tests.conftest import ROOT
@@ -209,8 +210,8 @@ def test_worker_never_reads_a_stray_dotenv(tmp_path: Path) -> None:
     # ...and the worker's start-up and CrewAI's import leave the environment and settings alone.
     probe = (
         "import os\n"
-        "from app.celery_app import _check_worker\n"
-        "_check_worker()\n"
+        "from app.worker_hooks import check_worker\n"
+        "check_worker()\n"
         "from app.execution import runtime\n"
         "runtime.prepare()\n"
         "import crewai.project\n"

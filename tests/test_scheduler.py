@@ -8,14 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from app import api
+from app import api, keys
+from app.beat_tick import _schedule_batch, schedule_due, tick
 from app.db.engine import session_scope
 from app.db.models import PluginRun, RunStatus, User, UserPluginConfig
 from app.outbox import sweep
 from app.plugins.registry import discover
 from app.plugins.sync import sync_plugins
-from app.scheduler import _schedule_batch, schedule_due, tick
-from app.streams import keys
 from tests.conftest import unique_email
 
 T0 = datetime(2026, 5, 1, 6, 0, tzinfo=UTC)
@@ -186,7 +185,7 @@ def test_crash_between_commit_and_publish_recovered_by_sweep(plugin, redis_clien
     setenv(OUTBOX_GRACE_SECONDS="60")
     user_id = _user_with_config(plugin)
     now = T0 + timedelta(minutes=1)
-    from app.scheduler import TickReport
+    from app.beat_tick import TickReport
 
     # The batch commits, then the process "dies" before publishing.
     handled, refs = _schedule_batch(now=now, limit=10, grace=timedelta(hours=6), report=TickReport())

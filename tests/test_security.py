@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from app import api
+from app import api, keys
 from app.db.engine import session_scope
 from app.db.models import PluginRun, RunStatus, User
 from app.logs import JSONFormatter, redact, secret_values
 from app.plugins.loader import load_callable
 from app.plugins.registry import discover
 from app.plugins.sync import sync_plugins
-from app.streams import keys
 from tests.conftest import ROOT, unique_email
 from tests.processes import celery_worker
 

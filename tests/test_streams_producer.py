@@ -9,9 +9,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from app import keys
 from app.db.engine import session_scope
 from app.db.models import RunStatus
-from app.streams import keys
 from app.streams.envelope import Envelope, parse_entry
 from app.streams.groups import ensure_group
 from app.streams.producer import publish_run_ids, safe_min_id, trim_stream

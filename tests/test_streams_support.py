@@ -19,12 +19,12 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from app import keys
 from app.celery_app import RUNS_QUEUE
 from app.config import Settings, get_settings
 from app.db.engine import session_scope
 from app.db.models import PluginRow, PluginRun, RunStatus, User
 from app.redis_client import get_redis
-from app.streams import keys
 from app.streams.consumer import StreamConsumer
 from app.streams.dispatch import Dispatcher
 from app.streams.producer import RunRef, publish_runs

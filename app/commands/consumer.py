@@ -17,7 +17,7 @@ def consumer(
         _check()
         return
     from app.logs import configure_logging
-    from app.streams.runner import run
+    from app.streams.consumer_process import run
 
     configure_logging()
     raise typer.Exit(run())

@@ -21,7 +21,7 @@ def check(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
     HTTP status from the provider) if the model cannot be used.
     """
     from app.config import get_settings
-    from app.llm_check import check as run_check
+    from app.execution.llm_check import check as run_check
 
     result = run_check(get_settings())
     if as_json:

@@ -13,7 +13,7 @@ Guarantees:
   leaves the process.
 
 Imports CrewAI: only the worker uses it (through :func:`app.execution.runtime.prepare`
-and :func:`app.llm.make_llm`).
+and :func:`app.execution.llm.make_llm`).
 """
 
 from __future__ import annotations

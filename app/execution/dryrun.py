@@ -46,7 +46,7 @@ def _build(folder: Path) -> dict[str, Any]:
     from app.execution.contract import CrewContext
     from app.execution.crew_loader import entry_point_file
     from app.execution.offline_llm import OfflineLLM
-    from app.llm import OFFLINE_MODEL
+    from app.llm_config import OFFLINE_MODEL
     from app.plugins.loader import _origin
     from app.plugins.registry import load_plugin
     from app.plugins.settings import validate_settings

@@ -2,7 +2,7 @@
 
 A provider error inside a crew would otherwise be retried by three layers
 before our attempt sees it: the provider client (``max_retries``, set by
-:func:`app.llm.make_llm` from ``FIRST_SIP_LLM_MAX_RETRIES``), CrewAI's
+:func:`app.execution.llm.make_llm` from ``FIRST_SIP_LLM_MAX_RETRIES``), CrewAI's
 rate-limit loop around every LLM call (one try: :mod:`app.execution.runtime`)
 and the agent's ``max_retry_limit`` (the whole task again, here). Our attempts
 (``MAX_ATTEMPTS``, backoff in ``next_attempt_at``) are the retry policy.

@@ -32,7 +32,7 @@ from typing import Any
 from crewai.llms.base_llm import BaseLLM
 
 from app.execution import extractive, structured
-from app.llm import OFFLINE_MODEL
+from app.llm_config import OFFLINE_MODEL
 
 # Large enough that CrewAI never tries to summarise a prompt to fit.
 CONTEXT_WINDOW = 1_000_000

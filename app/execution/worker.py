@@ -37,6 +37,7 @@ from typing import Any
 import redis
 from celery.exceptions import Retry
 
+from app import keys
 from app.config import Settings, get_settings
 from app.db import runs
 from app.db.engine import session_scope
@@ -47,17 +48,17 @@ from app.execution.attempts import AttemptOutcome
 from app.execution.contract import CrewContext
 from app.execution.crew_loader import entry_point_file, find_plugin
 from app.execution.lease import Lease
+from app.execution.llm import make_llm
 from app.execution.outcome import classify_failure
 from app.execution.retry import backoff_seconds
 from app.execution.runner import CrewJob, Verdict, supervise
 from app.flow.budget import BudgetWaitExpired
 from app.flow.policy import plugin_cap
 from app.flow.worker import RunSlot, run_deadline
-from app.llm import make_llm, model_name
+from app.llm_config import model_name
 from app.logs import bind
 from app.plugins.settings import validate_settings
 from app.redis_client import get_redis
-from app.streams import keys
 
 log = logging.getLogger(__name__)
 

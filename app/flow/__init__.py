@@ -10,6 +10,6 @@
   slot, and the gate every LLM request passes.
 
 The consumer's side (holding entries back in the stream) is
-:mod:`app.streams.gate`. Every Redis key is named in :mod:`app.streams.keys`;
+:mod:`app.streams.gate`. Every Redis key is named in :mod:`app.keys`;
 every script reads Redis's clock, so hosts with skewed clocks agree.
 """

@@ -23,9 +23,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from app import keys
 from app.errors import CallRefused, TransientError
 from app.flow.scripts import PAUSE, TAKE, Call, eval_all, script
-from app.streams import keys
 
 #: Slack added to every budget window (see the module docstring): 2 % plus 100 ms.
 WINDOW_MARGIN_FRACTION = 0.02

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from app.config import Settings
 from app.flow.budget import ModelBudget
-from app.llm import model_name
+from app.llm_config import model_name
 
 
 def plugin_cap(plugin: str, manifest_cap: int | None, settings: Settings) -> int | None:

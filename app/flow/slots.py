@@ -1,6 +1,6 @@
 """Runs in flight per plugin, counted across the whole cluster and tied to leases.
 
-One sorted set per capped plugin (:func:`app.streams.keys.inflight`): member
+One sorted set per capped plugin (:func:`app.keys.inflight`): member
 the run id, score when its slot expires (Redis's clock, ms). The consumer takes
 a slot with a short *dispatch lease* when it sends a run to Celery; the worker
 that claims the run holds it for the run's lease and renews it with the lease
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app import keys
 from app.flow.scripts import ACQUIRE, COUNT, Call, eval_all
-from app.streams import keys
 
 
 def _text(value: Any) -> str:

@@ -1,1 +1,1 @@
-"""Redis Streams: key names, the envelope, the producer and the consumer process."""
+"""Redis Streams: the envelope, the producer and the consumer process (key names: :mod:`app.keys`)."""

@@ -2,8 +2,8 @@
 
 Shape (huey's): :meth:`StreamConsumer.initialize`, then
 :meth:`StreamConsumer.loop_once` repeatedly (one iteration, ``now`` injected so
-tests are deterministic), then :meth:`StreamConsumer.shutdown`. The runner
-(:mod:`app.streams.runner`) owns signals, backoff and the heartbeat.
+tests are deterministic), then :meth:`StreamConsumer.shutdown`. The process
+(:mod:`app.streams.consumer_process`) owns signals, backoff and the heartbeat.
 
 One iteration:
 
@@ -30,7 +30,7 @@ worker's claim is authoritative; the row is consulted when an entry comes back.
 One plugin's broken stream is that plugin's problem: a Redis error on one
 plugin's key (say it was overwritten with ``SET``: WRONGTYPE) takes that plugin
 out of the reads, logs it, records it for ``first-sip status`` (hash
-:func:`app.streams.keys.stream_errors`) and is retried at every plugin refresh;
+:func:`app.keys.stream_errors`) and is retried at every plugin refresh;
 the other plugins keep flowing and the iteration does not fail.
 
 Redis Cluster: every command names one key, or keys sharing one plugin's hash
@@ -57,13 +57,13 @@ from typing import Any
 import redis
 from sqlalchemy import select
 
+from app import keys
 from app.config import Settings, get_settings
 from app.db import runs
 from app.db.engine import session_scope
 from app.db.models import PluginRow
 from app.flow.policy import plugin_cap
 from app.redis_client import get_redis
-from app.streams import keys
 from app.streams.dispatch import Dispatch, Dispatcher
 from app.streams.dlq import move_to_dead_letters
 from app.streams.dlq import reconcile as reconcile_dead_letters

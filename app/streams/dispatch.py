@@ -24,8 +24,9 @@ from typing import Any
 
 from kombu.common import maybe_declare
 
+from app import keys
 from app.celery_app import RUNS_QUEUE, celery_app
-from app.streams import keys
+from app.task_names import EXECUTE_RUN, task_id_for
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,6 @@ class Dispatcher:
         """Send one task per item; raises if the broker could not take them all."""
         if not items:
             return
-        from app.tasks import execute_run, task_id_for  # cheap: the task imports CrewAI only when it runs
-
         producer = self._acquire()
         try:
             # Our caller owns retries (entries stay pending): Celery's own publish retry
@@ -110,13 +109,18 @@ class Dispatcher:
             with producer.batch(max_size=self._batch_size):
                 for item in items:
                     run_id, kwargs = str(item.run_id), item.kwargs()
-                    execute_run.apply_async(
+                    # By name: the consumer never imports the tasks (nor, through them, the
+                    # scheduler and the execution package).
+                    celery_app.send_task(
+                        EXECUTE_RUN,
                         args=(run_id,),
                         kwargs=kwargs,
                         task_id=task_id_for(run_id, item.entry_id),
                         producer=producer,
                         queue=self.queue_for(item.plugin),
                         retry=False,
+                        # As the task declares it: no result backend is consulted for these.
+                        ignore_result=True,
                         # Celery would re-declare the queue and saferepr() the arguments for
                         # every task: a third of its cost. Both are known and plain here.
                         declare=(),

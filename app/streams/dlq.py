@@ -39,13 +39,13 @@ from typing import Any
 import redis
 from sqlalchemy import select
 
+from app import keys
 from app.db import runs
 from app.db.engine import session_scope
 from app.db.models import PluginRow
 from app.plugins.jsonsafe import clip
 from app.plugins.names import PLUGIN_NAME_RE
 from app.redis_client import get_redis
-from app.streams import keys
 from app.streams.envelope import Reason, parse_entry
 from app.streams.errors import AmbiguousDeadLetterError, DeadLetterNotFoundError, NotReplayableError
 from app.streams.producer import load_refs, publish_runs

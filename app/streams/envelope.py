@@ -23,8 +23,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from app import keys
 from app.plugins.names import PLUGIN_NAME_RE
-from app.streams import keys
 
 #: The message version this code writes and reads.
 VERSION = "1"

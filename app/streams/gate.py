@@ -35,12 +35,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from app import keys
 from app.config import Settings
 from app.flow import slots
 from app.flow.budget import BudgetState
 from app.flow.policy import model_budget
 from app.flow.scripts import eval_all
-from app.streams import keys
 from app.streams.dispatch import Dispatch
 
 log = logging.getLogger(__name__)

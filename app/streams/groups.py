@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from app.streams import keys
+from app import keys
 
 # XGROUP DELCONSUMER drops the consumer's pending entries: delete only when it has none,
 # atomically, so a read racing with the removal cannot lose entries.

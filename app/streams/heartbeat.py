@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 
 import redis
 
+from app import keys
 from app.config import get_settings
 from app.redis_client import get_redis
-from app.streams import keys
 
 #: Consecutive failed iterations after which ``--check`` reports the consumer unhealthy.
 FAILING_ITERATIONS = 3

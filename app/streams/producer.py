@@ -31,10 +31,10 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import keys
 from app.db import runs
 from app.db.models import TERMINAL_STATUSES, PluginRow, PluginRun
 from app.redis_client import get_redis
-from app.streams import keys
 from app.streams.envelope import Envelope
 
 log = logging.getLogger(__name__)

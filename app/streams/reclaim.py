@@ -46,9 +46,9 @@ from typing import Any
 
 import redis
 
+from app import keys
 from app.db.models import RunStatus
 from app.db.runs import RunState
-from app.streams import keys
 from app.streams.envelope import Envelope, EnvelopeError, Reason
 
 

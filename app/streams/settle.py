@@ -21,11 +21,11 @@ from typing import Any
 
 import redis
 
+from app import keys
 from app.config import Settings
 from app.db import runs
 from app.db.engine import session_scope
 from app.db.models import RunStatus
-from app.streams import keys
 from app.streams.dispatch import Dispatch
 from app.streams.envelope import Envelope, parse_entry
 from app.streams.errors import DB_ERRORS

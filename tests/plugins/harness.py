@@ -17,11 +17,11 @@ from typing import Any
 import redis
 from sqlalchemy import select
 
+from app import keys
 from app.db.engine import session_scope
 from app.db.models import TERMINAL_STATUSES, PluginRow, PluginRun, RunStatus, User, utcnow
 from app.plugins.registry import discover
 from app.plugins.sync import sync_plugins
-from app.streams import keys
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_PLUGINS = Path(__file__).resolve().parent
@@ -79,7 +79,8 @@ def get_run(run_id: uuid.UUID) -> PluginRun:
 def dispatch(run_id: uuid.UUID, **stream: str) -> None:
     """Send ``execute_run`` through the broker, as the stream consumer would (same task id)."""
     from app.celery_app import celery_app
-    from app.tasks import execute_run, task_id_for
+    from app.task_names import task_id_for
+    from app.tasks import execute_run
 
     # A fresh connection declares the queue again, so a test elsewhere that
     # deleted the session's Redis keys cannot make this message unroutable.

@@ -1,7 +1,7 @@
 """``first-sip llm check``: one tiny real request to the configured model, the way a run makes it.
 
 Guarantees: :func:`check` constructs the LLM exactly as the worker does
-(:func:`app.llm.make_llm`: same model, request timeout, client retries),
+(:func:`app.execution.llm.make_llm`: same model, request timeout, client retries),
 sends one short prompt and reports the model, the provider's answer, the
 latency and the token usage the provider reported; any failure becomes a
 :class:`LLMCheckFailed` whose message is the one line a run's error would
@@ -17,7 +17,8 @@ from typing import Any
 
 from app.config import Settings
 from app.errors import FirstSipError
-from app.llm import OFFLINE_MODEL, model_name, startup_problem
+from app.execution.llm import make_llm, startup_problem
+from app.llm_config import OFFLINE_MODEL, model_name
 
 PROMPT = "Reply with the single word: ok"
 
@@ -42,7 +43,6 @@ class CheckResult:
 def check(settings: Settings) -> CheckResult:
     """Send one tiny request to the configured model; :class:`LLMCheckFailed` naming the problem."""
     from app.execution.outcome import classify_failure, token_usage
-    from app.llm import make_llm
 
     model = model_name(settings)
     problem = startup_problem(settings)

@@ -9,21 +9,23 @@ Guarantees:
   e.g. ``openai/gpt-4o-mini`` or ``ollama/llama3.1``; provider keys come from
   the usual environment variables, ``OPENAI_BASE_URL`` points the OpenAI
   provider at a compatible server) with the framework's request timeout
-  (``FIRST_SIP_LLM_TIMEOUT_SECONDS``, never more than half the run's time
-  limit, so a hung provider becomes a retryable error before the run's limit),
-  the client's own retries (``FIRST_SIP_LLM_MAX_RETRIES``) and the run gates'
-  HTTP interceptor (:mod:`app.execution.gates`).
+  (:func:`app.llm_config.request_timeout`, so a hung provider becomes a
+  retryable error before the run's limit), the client's own retries
+  (``FIRST_SIP_LLM_MAX_RETRIES``) and the run gates' HTTP interceptor
+  (:mod:`app.execution.gates`).
 * Unset in development: :class:`~app.execution.offline_llm.OfflineLLM`
-  (model ``offline/extractive``). Unset in production: :func:`llm_problem`
-  explains why the worker refuses to start, and :func:`make_llm` raises
-  :class:`ConfigurationError`.
+  (model ``offline/extractive``). Unset in production:
+  :func:`app.llm_config.llm_problem` explains why the worker refuses to start,
+  and :func:`make_llm` raises :class:`ConfigurationError`.
 * :func:`startup_problem` constructs the configured LLM and its client the way
   a run would and returns one line naming what is wrong and how to fix it
   (missing key, missing provider package, unknown provider or model), never a
   secret's value.
 
-This module imports CrewAI only inside :func:`make_llm` and
-:func:`startup_problem`, so light processes can import it for free.
+This module imports CrewAI only inside :func:`make_llm`, :func:`startup_problem`
+and :func:`construction_problem`; what the settings say about the model (its
+name, its provider, whether it is usable at all) is in :mod:`app.llm_config`,
+which light processes import.
 """
 
 from __future__ import annotations
@@ -34,43 +36,8 @@ from typing import Any
 
 from app.config import Settings, get_settings
 from app.errors import ConfigurationError
+from app.llm_config import OFFLINE_MODEL, llm_problem, provider_name, request_timeout
 from app.logs import redact
-
-#: Recorded as the model of runs the offline model wrote.
-OFFLINE_MODEL = "offline/extractive"
-
-
-def llm_problem(settings: Settings) -> str | None:
-    """Why this process cannot run crews with these settings, or None if it can (no CrewAI import)."""
-    model = settings.llm_model
-    if not model and settings.app_env == "production":
-        return (
-            "FIRST_SIP_LLM_MODEL is not set: a production worker needs a real model "
-            "(for example openai/gpt-4o-mini with OPENAI_API_KEY); the offline model is for development"
-        )
-    if model and "/" not in model.strip("/"):
-        return (
-            f"FIRST_SIP_LLM_MODEL={model} names no provider: write it as <provider>/<model>, "
-            "for example openai/gpt-4o-mini or anthropic/claude-3-5-haiku-latest"
-        )
-    return None
-
-
-def model_name(settings: Settings) -> str:
-    """The model name recorded with each run's output."""
-    return settings.llm_model or OFFLINE_MODEL
-
-
-def provider_name(settings: Settings) -> str:
-    """The provider part of the configured model (``offline`` for the offline model)."""
-    return model_name(settings).split("/", 1)[0]
-
-
-def request_timeout(settings: Settings, run_timeout: float | None = None) -> float:
-    """Seconds one provider request may take: the setting, at most half of ``run_timeout``."""
-    if run_timeout is None:
-        return settings.llm_timeout_seconds
-    return min(settings.llm_timeout_seconds, run_timeout / 2)
 
 
 def make_llm(settings: Settings | None = None, *, run_timeout: float | None = None) -> Any:
