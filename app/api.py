@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -440,12 +440,24 @@ def get_run(run_id: uuid.UUID | str) -> RunInfo:
         return _run_info(found[0], found[1])
 
 
-def wait_for_run(run_id: uuid.UUID | str, timeout: float = 300.0, *, poll: float = 0.05) -> RunInfo:
-    """Block until the run is terminal and return it; raises :class:`WaitTimeoutError`."""
+def wait_for_run(
+    run_id: uuid.UUID | str,
+    timeout: float = 300.0,
+    *,
+    poll: float = 0.05,
+    on_progress: Callable[[RunInfo], object] | None = None,
+) -> RunInfo:
+    """Block until the run is terminal and return it; raises :class:`WaitTimeoutError`.
+
+    Polls from every ``poll`` seconds, slowing to once a second; ``on_progress``
+    (a spinner, say) is called with every state read, the terminal one included.
+    """
     deadline = time.monotonic() + timeout
     delay = poll
     while True:
         info = get_run(run_id)
+        if on_progress is not None:
+            on_progress(info)
         if info.is_terminal:
             return info
         if time.monotonic() >= deadline:

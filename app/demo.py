@@ -193,16 +193,16 @@ def _run_and_wait(user_id: int, console: Console, timeout: float, plugin: str = 
     console.print(f"triggered run [bold]{run.run_id}[/] ({plugin})")
     started = time.monotonic()
     with console.status("") as status:
-        while True:
-            info = api.get_run(run.run_id)
-            status.update(f"run {info.status.value} — {time.monotonic() - started:.1f}s")
-            if info.is_terminal:
-                break
-            if time.monotonic() - started > timeout:
-                raise DemoError(
-                    f"run {run.run_id} still {info.status.value} after {timeout:.0f}s; see var/demo-logs/"
-                )
-            time.sleep(0.2)
+        try:
+            info = api.wait_for_run(
+                run.run_id,
+                timeout,
+                on_progress=lambda info: status.update(
+                    f"run {info.status.value} — {time.monotonic() - started:.1f}s"
+                ),
+            )
+        except api.WaitTimeoutError as exc:
+            raise DemoError(f"{exc}; see var/demo-logs/") from None
     if info.status.value != "completed":
         raise DemoError(f"run {run.run_id} {info.status.value}: {info.error_message}")
     usage = (info.output or {}).get("token_usage") or {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import redis
 
@@ -39,3 +40,13 @@ def reset_clients() -> None:
     for client in _clients.values():
         client.close()
     _clients.clear()
+
+
+def as_text(value: Any) -> str:
+    """A reply value as text, whichever ``decode_responses`` the client had.
+
+    Bytes are decoded as UTF-8 with invalid sequences replaced, so a binary
+    field (a malformed stream entry) never raises; anything else goes
+    through ``str``. Ids, names and counters are ASCII, so for them this is exact.
+    """
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

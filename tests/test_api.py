@@ -204,16 +204,19 @@ def test_cancel_run_and_errors(user) -> None:  # type: ignore[no-untyped-def]
 
 def test_wait_for_run_returns_terminal_and_times_out(user) -> None:  # type: ignore[no-untyped-def]
     run = api.trigger_run(user.id, "api-plugin")
+    seen: list[api.RunInfo] = []
     with pytest.raises(api.WaitTimeoutError, match="still queued"):
-        api.wait_for_run(run.run_id, timeout=0.3)
+        api.wait_for_run(run.run_id, timeout=0.3, on_progress=seen.append)
+    assert seen and {info.status for info in seen} == {RunStatus.QUEUED}
     with session_scope() as session:
         session.execute(
             update(PluginRun)
             .where(PluginRun.run_id == run.run_id)
             .values(status=RunStatus.COMPLETED, output={"content": "# hi"}, completed_at=datetime.now(UTC))
         )
-    done = api.wait_for_run(run.run_id, timeout=5)
+    done = api.wait_for_run(run.run_id, timeout=5, on_progress=seen.append)
     assert done.status == RunStatus.COMPLETED and done.content == "# hi"
+    assert seen[-1] == done  # the progress callback sees the terminal state too
 
 
 def test_run_rows_hold_no_orm_objects(user) -> None:  # type: ignore[no-untyped-def]

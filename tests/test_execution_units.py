@@ -1,4 +1,4 @@
-"""Execution pieces in-process: backoff, failure classification, the crew contract, YAML crews, loading.
+"""Execution pieces in-process: failure classification, the crew contract, YAML crews, loading.
 
 These need no worker; the behaviour of the whole is covered by the real-worker
 tests in test_execution*.py.
@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from app.errors import PermanentError, TransientError
 from app.execution import runtime
@@ -21,26 +19,6 @@ from app.execution.contract import CrewContext, check_inputs, check_llm
 from app.execution.crew_loader import find_plugin, load_entry_point
 from app.execution.llm import make_llm
 from app.execution.outcome import error_message, is_transient, token_usage
-from app.execution.retry import backoff_seconds
-
-# ---- backoff ---------------------------------------------------------------------------------
-
-
-def test_backoff_grows_exponentially_up_to_the_cap() -> None:
-    ceilings = [backoff_seconds(n, base=10, cap=600, rand=lambda: 1.0) for n in range(1, 9)]
-    assert ceilings == [10, 20, 40, 80, 160, 320, 600, 600]
-    assert backoff_seconds(3, base=10, cap=600, rand=lambda: 0.0) == 0
-
-
-@given(attempt=st.integers(1, 10_000), base=st.floats(0.01, 100), cap=st.floats(0.01, 10_000))
-def test_backoff_is_always_within_zero_and_the_cap(attempt: int, base: float, cap: float) -> None:
-    assert 0 <= backoff_seconds(attempt, base=base, cap=cap) <= cap
-
-
-def test_backoff_attempts_are_one_based() -> None:
-    with pytest.raises(ValueError):
-        backoff_seconds(0, base=1, cap=1)
-
 
 # ---- classification --------------------------------------------------------------------------
 

@@ -87,23 +87,16 @@ def _wait_with_spinner(run_id: object, timeout: float) -> object:
 
     if not is_tty():
         return api.wait_for_run(str(run_id), timeout)
-    import time
-
     from rich.console import Console
 
-    console = Console()
-    deadline = time.monotonic() + timeout
-    with console.status("waiting for the run…") as spinner:
-        while True:
-            info = api.get_run(str(run_id))
-            spinner.update(f"run {info.run_id}: {info.status.value} (attempt {max(info.attempts, 1)})")
-            if info.is_terminal:
-                return info
-            if time.monotonic() > deadline:
-                raise api.WaitTimeoutError(
-                    f"run {info.run_id} still {info.status.value} after {timeout:.0f}s"
-                )
-            time.sleep(0.2)
+    with Console().status("waiting for the run…") as spinner:
+        return api.wait_for_run(
+            str(run_id),
+            timeout,
+            on_progress=lambda info: spinner.update(
+                f"run {info.run_id}: {info.status.value} (attempt {max(info.attempts, 1)})"
+            ),
+        )
 
 
 @guarded

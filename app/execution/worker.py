@@ -38,6 +38,7 @@ import redis
 from celery.exceptions import Retry
 
 from app import keys
+from app.backoff import backoff_seconds
 from app.config import Settings, get_settings
 from app.db import runs
 from app.db.engine import session_scope
@@ -50,7 +51,6 @@ from app.execution.crew_loader import entry_point_file, find_plugin
 from app.execution.lease import Lease
 from app.execution.llm import make_llm
 from app.execution.outcome import classify_failure
-from app.execution.retry import backoff_seconds
 from app.execution.runner import CrewJob, Verdict, supervise
 from app.flow.budget import BudgetWaitExpired
 from app.flow.policy import plugin_cap

@@ -21,10 +21,7 @@ from typing import Any
 
 from app import keys
 from app.flow.scripts import ACQUIRE, COUNT, Call, eval_all
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+from app.redis_client import as_text
 
 
 @dataclass(frozen=True)
@@ -42,7 +39,7 @@ def acquire_call(plugin: str, run_ids: Sequence[str], *, cap: int, lease_seconds
 
 def grant_from(reply: Any) -> Grant:
     """A :class:`Grant` from the reply of an :func:`acquire_call`."""
-    return Grant(int(reply[0]), frozenset(_text(r) for r in reply[1:]))
+    return Grant(int(reply[0]), frozenset(as_text(r) for r in reply[1:]))
 
 
 def acquire(client: Any, plugin: str, run_ids: Sequence[str], *, cap: int, lease_seconds: float) -> Grant:

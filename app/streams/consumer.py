@@ -92,10 +92,6 @@ class _Fail:
     message: str
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class StreamConsumer:
     """One member of the consumer group; see the module docstring for an iteration."""
 

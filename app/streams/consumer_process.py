@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import signal
 import threading
 import time
@@ -35,6 +34,7 @@ from urllib.parse import urlsplit
 import redis
 from kombu.exceptions import KombuError
 
+from app.backoff import Backoff
 from app.config import get_settings
 from app.streams import heartbeat
 from app.streams.consumer import StreamConsumer
@@ -51,24 +51,6 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
 )
 #: The signal-to-exit budget is 10 s; leave a margin for interpreter teardown.
 SHUTDOWN_GRACE_SECONDS = 8.0
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: 0.5 s, 1 s, 2 s ... up to ``cap``."""
-
-    def __init__(self, *, base: float = 0.5, cap: float = 30.0) -> None:
-        self.base, self.cap, self.failures = base, cap, 0
-
-    def next(self) -> float:
-        """The delay before the next attempt (and count one more failure)."""
-        delay = min(self.cap, self.base * 2**self.failures)
-        self.failures = min(self.failures + 1, 32)
-        # Jitter: many consumers restarting after one outage must not retry in lockstep.
-        return float(delay * random.uniform(0.5, 1.0))
-
-    def reset(self) -> None:
-        """Forget past failures."""
-        self.failures = 0
 
 
 def _force_exit() -> None:

@@ -45,7 +45,7 @@ from app.db.engine import session_scope
 from app.db.models import PluginRow
 from app.plugins.jsonsafe import clip
 from app.plugins.names import PLUGIN_NAME_RE
-from app.redis_client import get_redis
+from app.redis_client import as_text, get_redis
 from app.streams.envelope import Reason, parse_entry
 from app.streams.errors import AmbiguousDeadLetterError, DeadLetterNotFoundError, NotReplayableError
 from app.streams.producer import load_refs, publish_runs
@@ -75,12 +75,12 @@ def move_to_dead_letters(
         f"{META}dead_at": now.isoformat(),
         f"{META}consumer": consumer,
     }
-    original: dict[Any, Any] = {k: v for k, v in fields.items() if not _text(k).startswith(META)}
+    original: dict[Any, Any] = {k: v for k, v in fields.items() if not as_text(k).startswith(META)}
     with client.pipeline(transaction=True) as pipe:
         pipe.xadd(keys.dead_letters(plugin), {**original, **meta})
         pipe.xack(keys.stream(plugin), keys.GROUP, entry_id)
         dead_id, _ = pipe.execute()
-    return _text(dead_id)
+    return as_text(dead_id)
 
 
 @dataclass(frozen=True)
@@ -128,13 +128,9 @@ class PurgeResult:
         return sum(self.removed.values())
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def _decode(plugin: str, dead_id: Any, raw: Mapping[Any, Any]) -> DeadLetter:
-    fields = {_text(k): _text(v) for k, v in raw.items()}
-    original = {k: v for k, v in raw.items() if not _text(k).startswith(META)}
+    fields = {as_text(k): as_text(v) for k, v in raw.items()}
+    original = {k: v for k, v in raw.items() if not as_text(k).startswith(META)}
     parsed = parse_entry(original)
     run_id = parsed.run_id
     try:
@@ -144,7 +140,7 @@ def _decode(plugin: str, dead_id: Any, raw: Mapping[Any, Any]) -> DeadLetter:
     count = fields.get(f"{META}delivery_count", "0")
     return DeadLetter(
         plugin=plugin,
-        id=_text(dead_id),
+        id=as_text(dead_id),
         original_id=fields.get(f"{META}original_id", ""),
         reason=fields.get(f"{META}reason", ""),
         message=fields.get(f"{META}message", ""),

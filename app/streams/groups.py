@@ -9,11 +9,10 @@ a consumer that just read something is never deleted with its entries.
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis
 
 from app import keys
+from app.redis_client import as_text
 
 # XGROUP DELCONSUMER drops the consumer's pending entries: delete only when it has none,
 # atomically, so a read racing with the removal cannot lose entries.
@@ -48,10 +47,6 @@ def missing_group(exc: Exception) -> bool:
     return isinstance(exc, redis.ResponseError) and str(exc).startswith("NOGROUP")
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def remove_idle_consumers(client: redis.Redis, plugin: str, *, idle_ms: int, keep: str) -> list[str]:
     """Delete consumers idle longer than ``idle_ms`` that own nothing (never ``keep``)."""
     key = keys.stream(plugin)
@@ -61,7 +56,7 @@ def remove_idle_consumers(client: redis.Redis, plugin: str, *, idle_ms: int, kee
         return []
     removed = []
     for info in consumers:  # type: ignore[union-attr]
-        name = _text(info["name"])
+        name = as_text(info["name"])
         if name == keep or int(info["pending"]) > 0 or int(info["idle"]) < idle_ms:
             continue
         if client.eval(_DELETE_IF_IDLE, 1, key, keys.GROUP, name) == 0:  # type: ignore[no-untyped-call]

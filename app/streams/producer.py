@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from app import keys
 from app.db import runs
 from app.db.models import TERMINAL_STATUSES, PluginRow, PluginRun
-from app.redis_client import get_redis
+from app.redis_client import as_text, get_redis
 from app.streams.envelope import Envelope
 
 log = logging.getLogger(__name__)
@@ -163,12 +163,6 @@ def safe_min_id(*, cutoff_ms: int, oldest_pending: str | None, last_delivered: s
     return f"{low[0]}-{low[1]}"
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def trim_stream(
     plugin: str, *, now: datetime, retention_seconds: int, client: redis.Redis | None = None
 ) -> TrimResult:
@@ -183,14 +177,15 @@ def trim_stream(
             groups, pending = pipe.execute()
         except redis.ResponseError:  # no stream or no group yet: nothing was ever delivered
             return TrimResult(plugin, None, 0)
-    group = next((g for g in groups if _text(g.get("name")) == keys.GROUP), None)
+    group = next((g for g in groups if as_text(g.get("name")) == keys.GROUP), None)
     if group is None:
         return TrimResult(plugin, None, 0)
-    last = _text(group.get("last-delivered-id"))
+    last = group.get("last-delivered-id")
+    last = None if last is None else as_text(last)
     cutoff = now - timedelta(seconds=retention_seconds)
     min_id = safe_min_id(
         cutoff_ms=int(cutoff.timestamp() * 1000),
-        oldest_pending=_text(pending.get("min")) if pending.get("pending") else None,
+        oldest_pending=as_text(pending.get("min")) if pending.get("pending") else None,
         last_delivered=None if last in (None, "0-0") else last,
     )
     if min_id is None:

@@ -49,6 +49,7 @@ import redis
 from app import keys
 from app.db.models import RunStatus
 from app.db.runs import RunState
+from app.redis_client import as_text
 from app.streams.envelope import Envelope, EnvelopeError, Reason
 
 
@@ -181,13 +182,9 @@ def decide_all(
 # ---- Redis side ------------------------------------------------------------------------------
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def entries_from(plugin: str, pairs: Any) -> list[Entry]:
     """Entries from an XREADGROUP/XAUTOCLAIM ``[(id, fields), ...]`` reply (fields may be empty)."""
-    return [Entry(plugin, _text(entry_id), entry_fields or {}) for entry_id, entry_fields in pairs or []]
+    return [Entry(plugin, as_text(entry_id), entry_fields or {}) for entry_id, entry_fields in pairs or []]
 
 
 def autoclaim_page(
@@ -197,8 +194,8 @@ def autoclaim_page(
     reply: Any = client.xautoclaim(keys.stream(plugin), keys.GROUP, consumer, min_idle_ms, cursor, count)
     entries = entries_from(plugin, reply[1])
     # Redis 7 also reports entries deleted while pending (and drops them from the PEL).
-    entries += [Entry(plugin, _text(i), {}) for i in (reply[2] if len(reply) > 2 else [])]
-    return _text(reply[0]), entries
+    entries += [Entry(plugin, as_text(i), {}) for i in (reply[2] if len(reply) > 2 else [])]
+    return as_text(reply[0]), entries
 
 
 def with_counts(client: redis.Redis, plugin: str, entries: list[Entry]) -> list[Entry]:
