@@ -300,6 +300,41 @@ def test_a_tool_error_is_recorded_in_a_completed_run(
     assert error["count"] == 1 and error["attempts"] >= 1
 
 
+INVALID_BRIEF = STRUCTURED_CREW.replace(
+    "    confidence: float = Field(ge=0, le=1)\n",
+    "    confidence: float = Field(ge=0, le=1)\n\n"
+    '    @field_validator("title")\n'
+    "    @classmethod\n"
+    "    def _never(cls, value: str) -> str:\n"
+    '        raise ValueError("no title is good enough")\n',
+).replace("from pydantic import BaseModel, Field", "from pydantic import BaseModel, Field, field_validator")
+
+
+@pytest.mark.parametrize("fail_on", [[], ["output_validation"]])
+def test_structured_output_that_does_not_validate_is_recorded_like_tool_errors(
+    make_plugin: Callable[..., Path], tmp_path: Path, fail_on: list[str]
+) -> None:
+    # CrewAI raises pydantic's ValidationError out of the kickoff for such an answer; in a run
+    # it is recorded (task, model, error, count) and the run completes, unless fail_on says so.
+    folder = make_plugin("structured", crew=INVALID_BRIEF, fail_on=fail_on)
+    (folder / "crew" / "agents.yaml").write_text(STRUCTURED_AGENTS)
+    (folder / "crew" / "tasks.yaml").write_text(STRUCTURED_TASKS)
+    plugin = load_plugin(folder)
+    if fail_on:
+        with pytest.raises(PermanentError, match=r"did not validate: task 'brief' \(Brief\)"):
+            run_job(plugin, context(plugin, tmp_path))
+        return
+    out = run_job(plugin, context(plugin, tmp_path))
+    [problem] = out["report"]["framework"]["output_validation"]
+    assert problem == {
+        "task": "brief",
+        "model": "Brief",
+        "error": "1 validation error(s); first: title: Value error, no title is good enough",
+        "count": 1,
+    }
+    assert "json" not in out["tasks"][0] and out["tasks"][0]["raw"]
+
+
 @pytest.mark.parametrize(
     ("agents", "tasks", "message"),
     [
