@@ -160,6 +160,45 @@ def test_a_model_named_in_agents_yaml_is_replaced_and_reported(projects: Path, t
     assert built.report()["model_overrides"] == ["openai/gpt-4o"]
 
 
+def test_crewbase_instance_gets_the_run_context_and_fetch_url_by_name(projects: Path, tmp_path: Path) -> None:
+    folder = copy_project(projects, "newsroom", tmp_path)
+    crew_py = folder / "src/newsroom/crew.py"
+    crew_py.write_text(
+        crew_py.read_text().replace(
+            "    tasks: list[Task]\n",
+            "    tasks: list[Task]\n\n"
+            "    def __init__(self) -> None:\n"
+            "        self.topic_at_init = self.ctx.settings['topic']  # before any agent is built\n",
+        )
+    )
+    agents = folder / "src/newsroom/config/agents.yaml"
+    agents.write_text(agents.read_text().replace("researcher:\n", "researcher:\n  tools: [fetch_url]\n"))
+    plugin = load_plugin(folder)
+    ctx = context(plugin, tmp_path, {"topic": "tides"})
+    built = entry.build(plugin, ctx)
+    with built.running():
+        assert built.instance.ctx is ctx and built.instance.topic_at_init == "tides"
+        [tool] = built.plan.crew.agents[0].tools
+        assert tool.name == "fetch_url"
+        # It is ctx.fetch: a private address is refused before any connection.
+        with pytest.raises(RuntimeError, match="cannot fetch http://127.0.0.1:9/: "):
+            tool._run(url="http://127.0.0.1:9/")
+
+
+def test_json_crew_names_fetch_url_and_its_tools_see_the_run_context(projects: Path, tmp_path: Path) -> None:
+    folder = copy_project(projects, "briefing", tmp_path)
+    agent = folder / "agents" / "researcher.jsonc"
+    agent.write_text(
+        agent.read_text().replace('"tools": []', '"tools": ["app.execution.run_tools:FetchUrlTool"]')
+    )
+    plugin = load_plugin(folder)
+    ctx = context(plugin, tmp_path)
+    built = entry.build(plugin, ctx)
+    with built.running():
+        [tool] = built.plan.crew.agents[0].tools
+        assert tool.name == "fetch_url" and tool._ctx is ctx
+
+
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
@@ -353,7 +392,7 @@ def test_structured_output_that_does_not_validate_is_recorded_like_tool_errors(
         (
             STRUCTURED_AGENTS,
             STRUCTURED_TASKS.replace("[lookup]", "[search]"),
-            "brief.tools: unknown tool 'search' (known: lookup)",
+            "brief.tools: unknown tool 'search' (known: fetch_url, lookup)",
         ),
         (
             STRUCTURED_AGENTS,
