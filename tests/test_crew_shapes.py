@@ -148,6 +148,18 @@ def test_classic_run_records_report_md_and_leaves_nothing_behind(
     assert not ctx.workdir.exists()  # the run's folder is removed
 
 
+def test_a_two_word_project_name_is_a_plugin_as_crewai_and_plugins_new_name_it(tmp_path: Path) -> None:
+    from app.plugins.scaffold import scaffold
+
+    classic = load_plugin(classic_plugin(tmp_path / "crewai", "news brief"))  # folder news_brief
+    created = load_plugin(scaffold(tmp_path / "new", "News Brief"))
+    assert classic.name == created.name == "news_brief"
+    for plugin in (classic, created):
+        out = run_job(plugin, context(plugin, tmp_path))
+        assert out["report"]["framework"]["entry_point"] == "crewbase"
+        assert [f["path"] for f in out["files"]] == ["report.md"]
+
+
 def test_a_model_named_in_agents_yaml_is_replaced_and_reported(projects: Path, tmp_path: Path) -> None:
     folder = copy_project(projects, "newsroom", tmp_path)
     agents = folder / "src/newsroom/config/agents.yaml"

@@ -152,7 +152,8 @@ def _validation_error(exc: Any) -> str:
     first = errors[0] if errors else {"loc": (), "msg": str(exc)}
     location = ".".join(str(p) for p in first.get("loc", ())) or "(root)"
     count = exc.error_count() if callable(getattr(exc, "error_count", None)) else 1
-    return _text(f"{count} validation error(s); first: {location}: {first.get('msg')}")
+    line = f"{count} validation error(s); first: {location}: {first.get('msg')}"
+    return _text(line)
 
 
 def _record_invalid_output(task: Any, exc: Exception) -> bool:
