@@ -29,6 +29,7 @@ from tests.crewai_projects import (
     STRUCTURED_AGENTS,
     STRUCTURED_CREW,
     STRUCTURED_TASKS,
+    add_plugin_files,
     classic_plugin,
     json_plugin,
 )
@@ -158,6 +159,40 @@ def test_a_two_word_project_name_is_a_plugin_as_crewai_and_plugins_new_name_it(t
         out = run_job(plugin, context(plugin, tmp_path))
         assert out["report"]["framework"]["entry_point"] == "crewbase"
         assert [f["path"] for f in out["files"]] == ["report.md"]
+
+
+def test_crew_code_imports_its_own_package_absolutely(tmp_path: Path) -> None:
+    folder = classic_plugin(tmp_path / "crewai", "news brief")
+    package = folder / "src" / "news_brief"
+    crew_py = package / "crew.py"
+    crew_py.write_text(
+        "from news_brief.tools.custom_tool import MyCustomTool\n"
+        + crew_py.read_text().replace(
+            "    @agent\n    def researcher(self) -> Agent:\n        return Agent(\n",
+            "    @agent\n    def researcher(self) -> Agent:\n        return Agent(\n"
+            "            tools=[MyCustomTool()],\n",
+        )
+    )
+    for entry_point in ("src/news_brief/crew.py:NewsBrief", "src/news_brief/main.py:NewsBrief"):
+        # main.py is CrewAI's: `from news_brief.crew import NewsBrief`.
+        plugin = load_plugin(add_plugin_files(folder, entry_point))
+        built = entry.build(plugin, context(plugin, tmp_path))
+        with built.running():
+            [tool] = built.plan.crew.agents[0].tools
+            assert type(tool).__name__ == "MyCustomTool"
+            assert type(tool).__module__.startswith("_first_sip_plugin_news_brief_")  # one private copy
+    import sys
+
+    assert "news_brief" not in sys.modules  # the name was for import time only
+
+
+def test_a_package_named_like_an_installed_module_is_not_aliased(tmp_path: Path) -> None:
+    from app.plugins.loader import project_package
+
+    for name, expected in (("yaml", None), ("news_brief", "news_brief")):
+        (tmp_path / "p" / name).mkdir(parents=True)
+        (tmp_path / "p" / name / "__init__.py").write_text("")
+        assert project_package(tmp_path / "p", tmp_path / "p" / name / "crew.py") == expected
 
 
 def test_a_model_named_in_agents_yaml_is_replaced_and_reported(projects: Path, tmp_path: Path) -> None:
