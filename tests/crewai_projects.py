@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,12 +61,18 @@ def add_plugin_files(folder: Path, entry_point: str, **manifest: Any) -> Path:
     return folder
 
 
+def project_names(name: str) -> tuple[str, str]:
+    """(folder and package, class) ``crewai create crew NAME`` makes of ``name`` ("news brief")."""
+    folder = re.sub(r"[^a-zA-Z0-9_]", "", name.replace(" ", "_").replace("-", "_").lower())
+    cls = re.sub(r"[^a-zA-Z0-9_]", "", name.replace("_", " ").replace("-", " ").title().replace(" ", ""))
+    return folder, cls
+
+
 def classic_plugin(root: Path, name: str, **manifest: Any) -> Path:
     """``crewai create crew NAME --classic`` under ``root``, plus the two plugin files."""
     _crewai(root, name, "--classic")
-    folder = root / name
-    cls = "".join(part.capitalize() for part in name.split("_"))
-    return add_plugin_files(folder, f"src/{name}/crew.py:{cls}", **manifest)
+    package, cls = project_names(name)
+    return add_plugin_files(root / package, f"src/{package}/crew.py:{cls}", **manifest)
 
 
 def json_plugin(root: Path, name: str, **manifest: Any) -> Path:

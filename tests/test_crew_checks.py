@@ -255,7 +255,12 @@ def test_output_problems_name_the_task_and_model_and_fail_on_turns_them_into_fai
     crew.tasks, result.tasks_output = tasks, outputs  # type: ignore[attr-defined]
     problems = trace.output_problems(crew, result)
     assert problems == [
-        {"task": "bad", "model": "Brief", "error": "1 validation error(s); first: title: Field required"}
+        {
+            "task": "bad",
+            "model": "Brief",
+            "error": "1 validation error(s); first: title: Field required",
+            "count": 1,
+        }
     ]
     trace.failures([], tool_errors=[], outputs=problems)  # recorded only
     with pytest.raises(

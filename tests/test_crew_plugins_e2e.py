@@ -159,7 +159,7 @@ def test_plugins_new_scaffolds_a_plugin_that_validates_and_runs(
     created = cli("new", "morning-brief")
     assert created.returncode == 0, created.stderr
     assert cli("new", "morning-brief").returncode == 1  # never overwrites
-    assert cli("new", "Bad_Name").returncode == 1
+    assert cli("new", "../Bad").returncode == 1
     checked = cli("validate")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "morning-brief" in checked.stdout

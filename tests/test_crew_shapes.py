@@ -29,6 +29,7 @@ from tests.crewai_projects import (
     STRUCTURED_AGENTS,
     STRUCTURED_CREW,
     STRUCTURED_TASKS,
+    add_plugin_files,
     classic_plugin,
     json_plugin,
 )
@@ -148,6 +149,52 @@ def test_classic_run_records_report_md_and_leaves_nothing_behind(
     assert not ctx.workdir.exists()  # the run's folder is removed
 
 
+def test_a_two_word_project_name_is_a_plugin_as_crewai_and_plugins_new_name_it(tmp_path: Path) -> None:
+    from app.plugins.scaffold import scaffold
+
+    classic = load_plugin(classic_plugin(tmp_path / "crewai", "news brief"))  # folder news_brief
+    created = load_plugin(scaffold(tmp_path / "new", "News Brief"))
+    assert classic.name == created.name == "news_brief"
+    for plugin in (classic, created):
+        out = run_job(plugin, context(plugin, tmp_path))
+        assert out["report"]["framework"]["entry_point"] == "crewbase"
+        assert [f["path"] for f in out["files"]] == ["report.md"]
+
+
+def test_crew_code_imports_its_own_package_absolutely(tmp_path: Path) -> None:
+    folder = classic_plugin(tmp_path / "crewai", "news brief")
+    package = folder / "src" / "news_brief"
+    crew_py = package / "crew.py"
+    crew_py.write_text(
+        "from news_brief.tools.custom_tool import MyCustomTool\n"
+        + crew_py.read_text().replace(
+            "    @agent\n    def researcher(self) -> Agent:\n        return Agent(\n",
+            "    @agent\n    def researcher(self) -> Agent:\n        return Agent(\n"
+            "            tools=[MyCustomTool()],\n",
+        )
+    )
+    for entry_point in ("src/news_brief/crew.py:NewsBrief", "src/news_brief/main.py:NewsBrief"):
+        # main.py is CrewAI's: `from news_brief.crew import NewsBrief`.
+        plugin = load_plugin(add_plugin_files(folder, entry_point))
+        built = entry.build(plugin, context(plugin, tmp_path))
+        with built.running():
+            [tool] = built.plan.crew.agents[0].tools
+            assert type(tool).__name__ == "MyCustomTool"
+            assert type(tool).__module__.startswith("_first_sip_plugin_news_brief_")  # one private copy
+    import sys
+
+    assert "news_brief" not in sys.modules  # the name was for import time only
+
+
+def test_a_package_named_like_an_installed_module_is_not_aliased(tmp_path: Path) -> None:
+    from app.plugins.loader import project_package
+
+    for name, expected in (("yaml", None), ("news_brief", "news_brief")):
+        (tmp_path / "p" / name).mkdir(parents=True)
+        (tmp_path / "p" / name / "__init__.py").write_text("")
+        assert project_package(tmp_path / "p", tmp_path / "p" / name / "crew.py") == expected
+
+
 def test_a_model_named_in_agents_yaml_is_replaced_and_reported(projects: Path, tmp_path: Path) -> None:
     folder = copy_project(projects, "newsroom", tmp_path)
     agents = folder / "src/newsroom/config/agents.yaml"
@@ -158,6 +205,45 @@ def test_a_model_named_in_agents_yaml_is_replaced_and_reported(projects: Path, t
     with built.running():
         assert all(a.llm is ctx.llm for a in built.plan.crew.agents)
     assert built.report()["model_overrides"] == ["openai/gpt-4o"]
+
+
+def test_crewbase_instance_gets_the_run_context_and_fetch_url_by_name(projects: Path, tmp_path: Path) -> None:
+    folder = copy_project(projects, "newsroom", tmp_path)
+    crew_py = folder / "src/newsroom/crew.py"
+    crew_py.write_text(
+        crew_py.read_text().replace(
+            "    tasks: list[Task]\n",
+            "    tasks: list[Task]\n\n"
+            "    def __init__(self) -> None:\n"
+            "        self.topic_at_init = self.ctx.settings['topic']  # before any agent is built\n",
+        )
+    )
+    agents = folder / "src/newsroom/config/agents.yaml"
+    agents.write_text(agents.read_text().replace("researcher:\n", "researcher:\n  tools: [fetch_url]\n"))
+    plugin = load_plugin(folder)
+    ctx = context(plugin, tmp_path, {"topic": "tides"})
+    built = entry.build(plugin, ctx)
+    with built.running():
+        assert built.instance.ctx is ctx and built.instance.topic_at_init == "tides"
+        [tool] = built.plan.crew.agents[0].tools
+        assert tool.name == "fetch_url"
+        # It is ctx.fetch: a private address is refused before any connection.
+        with pytest.raises(RuntimeError, match="cannot fetch http://127.0.0.1:9/: "):
+            tool._run(url="http://127.0.0.1:9/")
+
+
+def test_json_crew_names_fetch_url_and_its_tools_see_the_run_context(projects: Path, tmp_path: Path) -> None:
+    folder = copy_project(projects, "briefing", tmp_path)
+    agent = folder / "agents" / "researcher.jsonc"
+    agent.write_text(
+        agent.read_text().replace('"tools": []', '"tools": ["app.execution.run_tools:FetchUrlTool"]')
+    )
+    plugin = load_plugin(folder)
+    ctx = context(plugin, tmp_path)
+    built = entry.build(plugin, ctx)
+    with built.running():
+        [tool] = built.plan.crew.agents[0].tools
+        assert tool.name == "fetch_url" and tool._ctx is ctx
 
 
 @pytest.mark.parametrize(
@@ -300,6 +386,41 @@ def test_a_tool_error_is_recorded_in_a_completed_run(
     assert error["count"] == 1 and error["attempts"] >= 1
 
 
+INVALID_BRIEF = STRUCTURED_CREW.replace(
+    "    confidence: float = Field(ge=0, le=1)\n",
+    "    confidence: float = Field(ge=0, le=1)\n\n"
+    '    @field_validator("title")\n'
+    "    @classmethod\n"
+    "    def _never(cls, value: str) -> str:\n"
+    '        raise ValueError("no title is good enough")\n',
+).replace("from pydantic import BaseModel, Field", "from pydantic import BaseModel, Field, field_validator")
+
+
+@pytest.mark.parametrize("fail_on", [[], ["output_validation"]])
+def test_structured_output_that_does_not_validate_is_recorded_like_tool_errors(
+    make_plugin: Callable[..., Path], tmp_path: Path, fail_on: list[str]
+) -> None:
+    # CrewAI raises pydantic's ValidationError out of the kickoff for such an answer; in a run
+    # it is recorded (task, model, error, count) and the run completes, unless fail_on says so.
+    folder = make_plugin("structured", crew=INVALID_BRIEF, fail_on=fail_on)
+    (folder / "crew" / "agents.yaml").write_text(STRUCTURED_AGENTS)
+    (folder / "crew" / "tasks.yaml").write_text(STRUCTURED_TASKS)
+    plugin = load_plugin(folder)
+    if fail_on:
+        with pytest.raises(PermanentError, match=r"did not validate: task 'brief' \(Brief\)"):
+            run_job(plugin, context(plugin, tmp_path))
+        return
+    out = run_job(plugin, context(plugin, tmp_path))
+    [problem] = out["report"]["framework"]["output_validation"]
+    assert problem == {
+        "task": "brief",
+        "model": "Brief",
+        "error": "1 validation error(s); first: title: Value error, no title is good enough",
+        "count": 1,
+    }
+    assert "json" not in out["tasks"][0] and out["tasks"][0]["raw"]
+
+
 @pytest.mark.parametrize(
     ("agents", "tasks", "message"),
     [
@@ -318,7 +439,7 @@ def test_a_tool_error_is_recorded_in_a_completed_run(
         (
             STRUCTURED_AGENTS,
             STRUCTURED_TASKS.replace("[lookup]", "[search]"),
-            "brief.tools: unknown tool 'search' (known: lookup)",
+            "brief.tools: unknown tool 'search' (known: fetch_url, lookup)",
         ),
         (
             STRUCTURED_AGENTS,

@@ -117,7 +117,10 @@ def sync(plugins_dir: Path | None = PluginsDir) -> None:
 
 @app.command("new")
 def new(
-    name: str = typer.Argument(..., help="The plugin name (lower-case letters, digits, dashes)."),
+    name: str = typer.Argument(
+        ...,
+        help='The plugin name: lower-case letters, digits, dashes, underscores ("news brief" -> news_brief).',
+    ),
     plugins_dir: Path | None = PluginsDir,
 ) -> None:
     """Create a plugin with a classic CrewAI @CrewBase crew (YAML agents and tasks), ready to run."""

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.errors import PermanentError
+from app.execution.run_tools import FETCH_TOOL_NAME, fetch_tool
 from app.execution.workdir import check_relative
 from app.plugins import yamlsafe
 from app.plugins.paths import PathEscapeError, resolve_inside
@@ -252,6 +253,8 @@ def crew_from_yaml(
     from crewai import Crew, Process
 
     tool_names = _named(tools, lambda t: str(getattr(t, "name", type(t).__name__)))
+    if FETCH_TOOL_NAME not in tool_names:  # a tool the plugin passes wins
+        tool_names[FETCH_TOOL_NAME] = fetch_tool(ctx)
     model_names = _named(models, lambda m: m.__name__)
     agents_where, agents_spec = load_mapping(ctx.crew_folder, agents_file, plugin_folder=ctx.folder)
     tasks_where, tasks_spec = load_mapping(ctx.crew_folder, tasks_file, plugin_folder=ctx.folder)

@@ -11,9 +11,12 @@ A class such as ``crewai create crew NAME --classic`` generates
   crew hooks (CrewAI 1.15 registers them process-wide: they would run for
   every other user's crew in the worker). Config files must lie inside the
   plugin folder.
-* :func:`build` instantiates the class and calls its ``@crew`` method; the
-  caller has :func:`app.execution.llm_injection.injecting` active, so every
-  agent gets the run's LLM.
+* :func:`build` instantiates the class with ``self.ctx`` (the run's context)
+  set before its ``__init__`` runs and the framework's tools
+  (:mod:`app.execution.run_tools`: ``fetch_url``) usable by name in its YAML
+  unless the class defines a tool of that name, then calls its ``@crew``
+  method; the caller has :func:`app.execution.llm_injection.injecting`
+  active, so every agent gets the run's LLM.
 * :func:`evict` removes the instance's entries from CrewAI's memo cache.
   ``@agent``/``@task``/``@crew``/``@tool``... results are kept in one
   process-wide cache keyed by ``id(instance)``: without eviction a worker
@@ -26,10 +29,14 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.errors import PermanentError
+from app.execution import run_tools
 from app.execution.workdir import check_relative
+
+if TYPE_CHECKING:
+    from app.execution.contract import CrewContext
 
 #: Marker attributes CrewAI's decorators put on methods and output classes.
 _KINDS = {
@@ -115,6 +122,7 @@ def check_class(cls: type, folder: Path) -> list[str]:
             "whole process, so they would run for every other crew in the worker"
         )
     names = {kind: _names(members, marker) for kind, marker in _KINDS.items()}
+    names["tool"] |= {run_tools.FETCH_TOOL_NAME}
     agents_label, agents = _config(cls, "original_agents_config_path", folder)
     tasks_label, tasks = _config(cls, "original_tasks_config_path", folder)
     requested = []
@@ -167,8 +175,8 @@ def _hint(cls: type, folder: Path, exc: Exception) -> str:
     return f"; {label}: {', '.join(bare)}: no 'agent' (name one of: {agents})" if bare else ""
 
 
-def build(cls: type, folder: Path) -> tuple[Any, Any]:
-    """(the instance, its crew): ``cls()`` then its ``@crew`` method. Errors name the class.
+def build(cls: type, folder: Path, ctx: CrewContext) -> tuple[Any, Any]:
+    """(the instance, its crew): ``cls()`` with ``self.ctx`` set, then ``@crew``. Errors name the class.
 
     Whatever fails after the instance exists, its memo entries are evicted
     before the error propagates (a failed build must not leave agents behind
@@ -179,9 +187,14 @@ def build(cls: type, folder: Path) -> tuple[Any, Any]:
     if not callable(getattr(cls, "crew", None)):
         raise PermanentError(f"{cls.__name__}: a @CrewBase class needs a @crew method named 'crew'")
     where = f"{cls.__name__} ({Path(inspect.getfile(cls)).name})"
-    # What CrewBaseMeta.__call__ does, in two steps, so the instance is ours before CrewAI
-    # builds (and memoises) anything for it.
-    instance = type.__call__(cls)
+    # What CrewBaseMeta.__call__ does, step by step: the instance has the run's context
+    # before its own __init__, and is ours before CrewAI builds (and memoises) anything for it.
+    instance: Any = object.__new__(cls)
+    instance.ctx = ctx
+    for name, factory in run_tools.tool_factories(ctx).items():
+        if not hasattr(instance, name):  # a tool the class defines itself wins
+            setattr(instance, name, factory)
+    cls.__init__(instance)  # type: ignore[misc]
     try:
         CrewBaseMeta._initialize_crew_instance(instance, cls)
         crew = instance.crew()

@@ -13,6 +13,9 @@ The framework tells them apart by the reference (a ``.json``/``.jsonc`` file)
 and by what the name is (a ``@CrewBase`` class or a function). Guarantees of
 :func:`build`, whatever the shape:
 
+* a class gets the run's context as ``self.ctx`` and a JSON crew through
+  :func:`app.execution.run_tools.current_context`; both may name the
+  framework's tools (``fetch_url``);
 * for a class or a JSON crew, the run's LLM is injected into every agent (a
   model the crew names is replaced and listed in the report), crew memory is
   turned off (it would keep one user's data for the next), and the inputs are
@@ -37,7 +40,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from app.errors import PermanentError
-from app.execution import crewbase, json_crew, llm_injection, workdir
+from app.execution import crewbase, json_crew, llm_injection, run_tools, workdir
 from app.execution.contract import CrewContext, CrewPlan, check_inputs, check_llm
 from app.execution.crew_loader import entry_point_file, load_entry_point
 
@@ -120,10 +123,10 @@ def _settle(built: BuiltCrew, defaults: dict[str, Any], ctx: CrewContext) -> Bui
 
 def _crew_class(cls: type, plugin: Plugin, ctx: CrewContext) -> BuiltCrew:
     requested = crewbase.check_class(cls, plugin.folder)
-    with llm_injection.injecting(ctx.llm) as injection:
+    with llm_injection.injecting(ctx.llm) as injection, run_tools.active(ctx):
         for model in requested:
             injection.note(model)
-        instance, crew = crewbase.build(cls, plugin.folder)
+        instance, crew = crewbase.build(cls, plugin.folder, ctx)
         built = BuiltCrew(CrewPlan(crew), "crewbase", injection=injection, instance=instance)
         try:
             return _settle(built, {}, ctx)
@@ -134,7 +137,7 @@ def _crew_class(cls: type, plugin: Plugin, ctx: CrewContext) -> BuiltCrew:
 
 def _json_crew(plugin: Plugin, ctx: CrewContext) -> BuiltCrew:
     path = entry_point_file(plugin)[0]
-    with llm_injection.injecting(ctx.llm) as injection:
+    with llm_injection.injecting(ctx.llm) as injection, run_tools.active(ctx):
         crew, defaults = json_crew.load(path, folder=plugin.folder)
         return _settle(BuiltCrew(CrewPlan(crew), "json", injection=injection), defaults, ctx)
 

@@ -64,7 +64,7 @@ class CrewJob:
                 result = plan.crew.kickoff(inputs=plan.inputs)
             trace.settle()
             tool_errors = run_trace.tool_errors()
-        outputs = trace.output_problems(plan.crew, result)
+        outputs = trace.output_problems(plan.crew, result, run_trace)
         trace.failures(list(self.plugin.manifest.fail_on), tool_errors=tool_errors, outputs=outputs)
         framework = {**built.report(), "tool_errors": tool_errors, "output_validation": outputs}
         return shape_output(

@@ -9,6 +9,16 @@ Guarantees:
   plugins never share module names, never touch ``sys.path``, may use relative
   imports (``from .feeds import ...``) for their own helpers, and a changed
   file is imported afresh.
+* A plugin laid out as a Python package (the entry point's folder has an
+  ``__init__.py``, as ``src/news_brief/`` in ``crewai create crew "news brief"
+  --classic``) may also import its own modules absolutely, by the package's
+  name (``from news_brief.crew import NewsBrief``, ``from
+  news_brief.tools.custom_tool import MyTool``): while the plugin's files are
+  imported, that name resolves to the plugin's private package (the same
+  module objects, never a second copy). Only at import time (an import inside
+  a function that runs later must be relative), and only when the name is
+  not a module installed in the worker (an installed package is never
+  shadowed).
 * Each file version is imported once per process; imports are serialised, so
   concurrent runs in a threads pool never see a half-imported module.
 * Any failure is a :class:`PluginError` naming the file and the reason; an
@@ -20,6 +30,8 @@ Guarantees:
 from __future__ import annotations
 
 import hashlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import re
 import sys
@@ -86,7 +98,61 @@ def _package_name(name: str, path: Path, version: str, mtime_ns: int) -> str:
     return f"_first_sip_plugin_{re.sub(r'[^a-z0-9]', '_', name)}_{digest}"
 
 
-def _import(package: str, path: Path) -> types.ModuleType:
+def project_package(folder: Path, path: Path) -> str | None:
+    """The name the plugin's own code may import itself by, or None (see the module docstring)."""
+    parent = path.parent
+    root = folder.resolve()
+    if not (parent / "__init__.py").is_file() or not parent.is_relative_to(root) or parent == root:
+        return None
+    name = parent.name
+    if not name.isidentifier() or name in sys.modules:
+        return None
+    try:
+        installed = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return name if installed is None else None
+
+
+class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Resolves ``alias`` and ``alias.*`` to the same modules under the plugin's private ``package``."""
+
+    def __init__(self, alias: str, package: str) -> None:
+        self.alias, self.package = alias, package
+        self._specs: dict[str, Any] = {}
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != self.alias and not fullname.startswith(self.alias + "."):
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self)
+
+    def create_module(self, spec: Any) -> types.ModuleType:
+        private = self.package + spec.name[len(self.alias) :]
+        module = sys.modules.get(private) or importlib.import_module(private)
+        self._specs[private] = getattr(module, "__spec__", None)
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        # Already run under its private name; the import system just replaced its
+        # spec with the alias's: put the real one back.
+        module.__spec__ = self._specs.get(module.__name__)
+
+
+def _exec_with_alias(package: str, alias: str | None, run: Callable[[], None]) -> None:
+    if alias is None:
+        run()
+        return
+    finder = _Alias(alias, package)
+    sys.meta_path.insert(0, finder)
+    try:
+        run()
+    finally:
+        sys.meta_path.remove(finder)
+        for name in [m for m in sys.modules if m == alias or m.startswith(alias + ".")]:
+            del sys.modules[name]  # the private names stay; the alias was for import time only
+
+
+def _import(package: str, path: Path, folder: Path) -> types.ModuleType:
     # A synthetic package whose __path__ is the file's folder: the module and its
     # siblings import as package.<module>.
     if package not in sys.modules:
@@ -100,7 +166,8 @@ def _import(package: str, path: Path) -> types.ModuleType:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    loader = spec.loader
+    _exec_with_alias(package, project_package(folder, path), lambda: loader.exec_module(module))
     return module
 
 
@@ -118,7 +185,7 @@ def load_callable(
             return cached
         package = _package_name(name, path, version, mtime_ns)
         try:
-            module = _import(package, path)
+            module = _import(package, path, folder)
         except Exception as exc:
             for loaded in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
                 del sys.modules[loaded]

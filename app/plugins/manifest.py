@@ -22,7 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app.errors import PluginError, Problem
 from app.plugins import yamlsafe
-from app.plugins.names import DEFAULT_RUNS_QUEUE, PLUGIN_NAME_RE, QUEUE_NAME_RE, SCHEDULER_QUEUE
+from app.plugins.names import (
+    DEFAULT_RUNS_QUEUE,
+    PLUGIN_NAME_RE,
+    PLUGIN_NAME_RULE,
+    QUEUE_NAME_RE,
+    SCHEDULER_QUEUE,
+)
 
 MANIFEST_FILE = "plugin.yaml"
 # Semantic Versioning 2.0.0, the official regular expression.
@@ -78,7 +84,7 @@ class PluginManifest(BaseModel):
     @classmethod
     def _safe_name(cls, value: str) -> str:
         if not PLUGIN_NAME_RE.fullmatch(value):
-            raise ValueError("must match ^[a-z0-9][a-z0-9-]{0,62}$ (lower-case letters, digits, dashes)")
+            raise ValueError(f"must match {PLUGIN_NAME_RE.pattern} ({PLUGIN_NAME_RULE})")
         return value
 
     @field_validator("version")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import re
 
-#: A plugin name is a safe token: it becomes part of Redis keys and module names.
-PLUGIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+#: A plugin name is a safe token: it becomes part of Redis keys and module names. Underscores
+#: are allowed because ``crewai create crew "news brief"`` names its project folder ``news_brief``.
+PLUGIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+#: The rule of :data:`PLUGIN_NAME_RE` in words, for error messages and help.
+PLUGIN_NAME_RULE = "lower-case letters, digits, dashes and underscores (at most 63)"
 
 #: A Celery queue name a plugin may route its runs to: a safe token (it becomes a Redis key).
 QUEUE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")

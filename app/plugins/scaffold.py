@@ -1,6 +1,8 @@
 """``first-sip plugins new NAME``: a new plugin folder with a classic CrewAI ``@CrewBase`` crew.
 
-Guarantees: :func:`scaffold` writes a complete plugin (manifest, settings
+Guarantees: :func:`plugin_name` turns a project name into the plugin name
+the way ``crewai create crew`` names its folder (``"News Brief"`` ->
+``news_brief``; dashes are kept); :func:`scaffold` writes a complete plugin (manifest, settings
 schema, ``crew/crew.py`` with a ``@CrewBase`` class in the shape
 ``crewai create crew NAME --classic`` generates, ``crew/config/agents.yaml``
 and ``tasks.yaml``, an empty ``crew/requirements.txt``) that passes
@@ -15,7 +17,7 @@ import json
 from pathlib import Path
 
 from app.errors import FirstSipError
-from app.plugins.names import PLUGIN_NAME_RE
+from app.plugins.names import PLUGIN_NAME_RE, PLUGIN_NAME_RULE
 
 
 class ScaffoldError(FirstSipError):
@@ -115,9 +117,14 @@ reporting_task:
 REQUIREMENTS = "# Python packages this crew imports beyond CrewAI, one per line (checked before deploy).\n"
 
 
+def plugin_name(text: str) -> str:
+    """The plugin name for a project name: lower case, spaces as underscores (as CrewAI's folder)."""
+    return "_".join(text.strip().lower().split())
+
+
 def class_name(name: str) -> str:
-    """``morning-brief`` -> ``MorningBrief``."""
-    joined = "".join(part.capitalize() for part in name.split("-") if part)
+    """``morning-brief`` / ``news_brief`` -> ``MorningBrief`` / ``NewsBrief``."""
+    joined = "".join(part.capitalize() for part in name.replace("_", "-").split("-") if part)
     return joined if joined.isidentifier() else f"Crew{joined}"
 
 
@@ -142,13 +149,14 @@ def _schema(title: str) -> str:
 
 
 def scaffold(root: Path, name: str) -> Path:
-    """Create plugin ``name`` under ``root``; the new folder."""
+    """Create plugin ``plugin_name(name)`` under ``root``; the new folder."""
+    given, name = name, plugin_name(name)
     if not PLUGIN_NAME_RE.fullmatch(name):
-        raise ScaffoldError(f"{name!r} is not a plugin name: lower-case letters, digits and dashes")
+        raise ScaffoldError(f"{given!r} is not a plugin name: {PLUGIN_NAME_RULE}")
     folder = root / name
     if folder.exists():
         raise ScaffoldError(f"{folder} already exists; nothing was written")
-    title = name.replace("-", " ").capitalize()
+    title = name.replace("-", " ").replace("_", " ").capitalize()
     values = {"name": name, "title": title, "cls": class_name(name)}
     files = {
         "plugin.yaml": MANIFEST.format(**values),
