@@ -65,6 +65,11 @@ def doorbell() -> str:
     return f"{_prefix()}:streams:doorbell"
 
 
+def cancellations() -> str:
+    """The pub/sub channel a cancelled run's id is published on, so the worker running it stops now."""
+    return f"{_prefix()}:runs:cancelled"
+
+
 # ---- flow control (app/flow) ------------------------------------------------------------------
 
 _MODEL_TOKEN_RE = re.compile(r"^[A-Za-z0-9._:/@-]{1,200}$")
