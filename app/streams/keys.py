@@ -97,6 +97,11 @@ def pause(model: str) -> str:
     return f"{_prefix()}:flow:pause:{{{_model_tag(model)}}}"
 
 
+def flow_models() -> str:
+    """Hash: model name -> its budget as the workers and consumers run it (JSON), for ``status``."""
+    return f"{_prefix()}:flow:models"
+
+
 def consumer_heartbeat(host: str) -> str:
     """Key a live consumer on ``host`` refreshes with a TTL (``first-sip consumer --check``)."""
     return f"{_prefix()}:consumer:alive:{host}"
