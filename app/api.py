@@ -42,7 +42,7 @@ from app.errors import (
     PluginDisabledError,
     RunStateError,
 )
-from app.execution import attempts
+from app.execution import attempts, cancel_watch
 from app.plugins.jsonsafe import clip
 from app.plugins.names import PLUGIN_NAME_RE
 from app.plugins.settings import spec_from_row, validate_settings
@@ -501,7 +501,10 @@ def list_runs(
 
 
 def cancel_run(run_id: uuid.UUID | str) -> RunInfo:
-    """Cancel a run that has not ended; a running one stops at its worker's next heartbeat."""
+    """Cancel a run that has not ended; a running one's crew stops at once (announced through Redis).
+
+    If Redis is unreachable the cancel still holds and the worker stops at its next heartbeat.
+    """
     rid = _parse_run_id(run_id)
     with session_scope() as session:
         if not run_states.cancel(session, rid, now=utcnow(), reason="cancelled by request"):
@@ -509,6 +512,8 @@ def cancel_run(run_id: uuid.UUID | str) -> RunInfo:
             if current is None:
                 raise NotFoundError(f"no run {rid}")
             raise RunStateError(f"run {rid} is already {current}; only unfinished runs can be cancelled")
+    # After the commit: the worker running it stops its crew now, not at its next heartbeat.
+    cancel_watch.announce(str(rid))
     return get_run(rid)
 
 

@@ -65,6 +65,11 @@ def doorbell() -> str:
     return f"{_prefix()}:streams:doorbell"
 
 
+def cancellations() -> str:
+    """The pub/sub channel a cancelled run's id is published on, so the worker running it stops now."""
+    return f"{_prefix()}:runs:cancelled"
+
+
 # ---- flow control (app/flow) ------------------------------------------------------------------
 
 _MODEL_TOKEN_RE = re.compile(r"^[A-Za-z0-9._:/@-]{1,200}$")
@@ -90,6 +95,11 @@ def budget(model: str) -> str:
 def pause(model: str) -> str:
     """Set with a TTL while a provider's 429 pauses ``model`` (same hash slot as its budget)."""
     return f"{_prefix()}:flow:pause:{{{_model_tag(model)}}}"
+
+
+def flow_models() -> str:
+    """Hash: model name -> its budget as the workers and consumers run it (JSON), for ``status``."""
+    return f"{_prefix()}:flow:models"
 
 
 def consumer_heartbeat(host: str) -> str:

@@ -9,13 +9,18 @@ Guarantees:
   has come, and ``queued``/expired-``processing`` rows whose stream entry is
   gone (trimmed, or Redis lost its data). Publishing twice is harmless: the
   worker's compare-and-set claim makes a duplicate a no-op.
+* One sweep sees every such row, however many: it reads them in pages of
+  ``page_size`` with a keyset cursor (``id > last id seen``, in id order), never
+  OFFSET and never the first page again. Rows that stay candidates (queued runs
+  whose entry is alive and waiting in a backlog, pending runs whose stream
+  refused the entry) therefore never hide the rows after them.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select
@@ -31,13 +36,17 @@ from app.streams.producer import RunRef
 
 log = logging.getLogger(__name__)
 
-#: Most runs one sweep looks at; the next tick continues.
-SWEEP_LIMIT = 5000
+#: Rows read per page (one query, and for suspects one Redis pipeline).
+SWEEP_PAGE = 5000
+
+#: One outbox candidate: its id (the cursor), the run to publish, its status and stream entry id.
+Candidate = tuple[int, RunRef, str, str | None]
 
 
-def _outbox_rows(session: Session, where: object, limit: int) -> list[tuple[RunRef, str, str | None]]:
+def _outbox_rows(session: Session, where: object, limit: int, after: int) -> list[Candidate]:
     stmt = (
         select(
+            PluginRun.id,
             PluginRun.run_id,
             PluginRun.user_id,
             PluginRun.attempts,
@@ -46,18 +55,27 @@ def _outbox_rows(session: Session, where: object, limit: int) -> list[tuple[RunR
             PluginRow.name,
         )
         .join(PluginRow, PluginRow.id == PluginRun.plugin_id)
-        .where(where)  # type: ignore[arg-type]
+        .where(where, PluginRun.id > after)  # type: ignore[arg-type]
         .order_by(PluginRun.id)
         .limit(limit)
     )
     return [
-        (
-            RunRef(r.run_id, r.name, r.user_id, r.attempts + 1),
-            r.status,
-            r.stream_id,
-        )
+        (r.id, RunRef(r.run_id, r.name, r.user_id, r.attempts + 1), r.status, r.stream_id)
         for r in session.execute(stmt)
     ]
+
+
+def _pages(where: object, page_size: int) -> Iterator[list[Candidate]]:
+    """Every row matching ``where``, a page at a time, each page after the last id of the one before."""
+    after = 0
+    while True:
+        with session_scope() as session:
+            rows = _outbox_rows(session, where, page_size, after)
+        if rows:
+            yield rows
+        if len(rows) < page_size:
+            return
+        after = rows[-1][0]
 
 
 def publish_run_ids(run_ids: Sequence[uuid.UUID], *, now: datetime) -> int:
@@ -68,15 +86,22 @@ def publish_run_ids(run_ids: Sequence[uuid.UUID], *, now: datetime) -> int:
         return len(producer.publish_run_ids(session, run_ids, now=now))
 
 
-def _entries_alive(candidates: list[tuple[RunRef, str, str | None]]) -> list[bool]:
+def _entries_alive(candidates: list[Candidate]) -> list[bool]:
     client = get_redis()
     pipe = client.pipeline(transaction=False)
-    for run, _, stream_id in candidates:
+    for _, run, _, stream_id in candidates:
         pipe.xrange(keys.stream(run.plugin), min=stream_id or "0-0", max=stream_id or "0-0", count=1)
     return [bool(found) for found in pipe.execute()]
 
 
-def sweep(*, now: datetime, limit: int = SWEEP_LIMIT) -> int:
+def _publish(runs: list[RunRef], *, now: datetime) -> int:
+    if not runs:
+        return 0
+    with session_scope() as session:
+        return len(producer.publish_runs(session, runs, now=now))
+
+
+def sweep(*, now: datetime, page_size: int = SWEEP_PAGE) -> int:
     """Re-publish runs whose stream entry is missing or overdue; returns how many."""
     grace = timedelta(seconds=get_settings().outbox_grace_seconds)
     stale = now - grace
@@ -91,18 +116,14 @@ def sweep(*, now: datetime, limit: int = SWEEP_LIMIT) -> int:
         and_(PluginRun.status == RunStatus.QUEUED, PluginRun.queued_at < stale),
         and_(PluginRun.status == RunStatus.PROCESSING, PluginRun.lease_expires_at < stale),
     )
-    with session_scope() as session:
-        pending = _outbox_rows(session, due_pending, limit)
-        suspects = _outbox_rows(session, maybe_lost, limit)
-    lost = (
-        [c for c, alive in zip(suspects, _entries_alive(suspects), strict=True) if not alive]
-        if suspects
-        else []
-    )
-    to_publish = [run for run, _, _ in pending + lost]
-    if not to_publish:
-        return 0
-    with session_scope() as session:
-        published = len(producer.publish_runs(session, to_publish, now=now))
-    log.info("outbox sweep re-published runs", extra={"pending": len(pending), "lost_entries": len(lost)})
+    published = pending = lost = 0
+    for page in _pages(due_pending, page_size):
+        pending += len(page)
+        published += _publish([run for _, run, _, _ in page], now=now)
+    for page in _pages(maybe_lost, page_size):
+        gone = [c for c, alive in zip(page, _entries_alive(page), strict=True) if not alive]
+        lost += len(gone)
+        published += _publish([run for _, run, _, _ in gone], now=now)
+    if pending or lost:
+        log.info("outbox sweep re-published runs", extra={"pending": pending, "lost_entries": lost})
     return published

@@ -10,7 +10,10 @@ stream is reported on that plugin only.
 Flow control: per plugin its queue, runs in flight / cap (capped plugins) and
 entries waiting in the stream (not yet sent to Celery: unread, plus pending
 entries a consumer holds back); the model's budget use and pause, the same in
-every row (every plugin's runs use the one configured model).
+every row (every plugin's runs use the one configured model). The model and
+its budget are the ones the cluster's workers and consumers published
+(:func:`app.flow.budget.published`, the most recent), not this process's
+environment, which may not even set them.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from app.config import get_settings
 from app.db.engine import session_scope
 from app.db.models import PluginRow, PluginRun, UserPluginConfig, utcnow
 from app.flow import slots
+from app.flow.budget import published
 from app.flow.policy import model_budget, plugin_cap
 from app.redis_client import get_redis
 
@@ -183,8 +187,10 @@ def _flow_figures(client: redis.Redis, status: PluginStatus) -> None:
 
 
 def _model_figures(client: redis.Redis, now: datetime) -> ModelStatus | None:
-    budget = model_budget(get_settings())
     try:
+        # The budget the cluster runs (published by its workers and consumers), newest first;
+        # this shell's own settings only when nothing was published yet.
+        budget = next(iter(published(client)), None) or model_budget(get_settings())
         state = budget.peek(client)
     except redis.RedisError:
         return None  # each plugin row reports Redis being down

@@ -20,9 +20,13 @@ Guarantees:
   true``) sends SSE chunks over chunked transfer encoding, then, when
   ``stream_options.include_usage`` is set, a usage chunk with no choices, then
   ``data: [DONE]``. ``GET /v1/models`` lists :attr:`LLMServer.model`.
-* Every request is recorded (:class:`Request`: arrival time, index, path,
-  whether it streamed, the status sent, the usage sent) before it is answered,
-  so a request that hangs is counted too. :attr:`LLMServer.max_in_flight` is the
+* Every chat-completion request is recorded (:class:`Request`: arrival time,
+  index, path, whether it streamed, the status sent, the usage sent) as soon as
+  its request line and headers are read: before its body is read and before it
+  is answered. So a request that hangs, or whose body is still arriving, is
+  counted too: a "no request after the run ended" check (``count(since=T)``)
+  sees every request whose headers reached the server, stamped with when they
+  did, never only the ones that were answered or fully read. :attr:`LLMServer.max_in_flight` is the
   most requests that were being handled at the same moment.
 * What a request gets is decided, in order, by: the rate limit (``rpm_limit``:
   above that many *accepted* requests in the rolling ``window_seconds`` the
@@ -272,12 +276,15 @@ class LLMServer:
 
     # ---- used by the handler ---------------------------------------------------------------
 
-    def _arrive(self, request: Request) -> Reply:
+    def _record(self, request: Request) -> None:
         with self._lock:
             request.index = len(self.requests) + 1
             self.requests.append(request)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _decide(self, request: Request) -> Reply:
+        with self._lock:
             limited = self._rate_limited(request.monotonic)
             if limited is not None:
                 return limited
@@ -332,29 +339,36 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, _error("not found", "invalid_request_error"))
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
         if not self.path.rstrip("/").endswith("/chat/completions"):
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
             self._json(404, _error(f"unknown path {self.path}", "invalid_request_error"))
             return
-        try:
-            body = json.loads(raw or b"{}")
-        except ValueError:
-            body = None
         state = self.server_state
+        # Recorded as soon as its request line and headers are in, before the body is read: a
+        # request the client has begun to send is already counted (and stamped) when the test looks.
         request = Request(
             index=0,
             at=time.time(),
             monotonic=time.monotonic(),
             method="POST",
             path=self.path,
-            body=body if isinstance(body, dict) else None,
+            body=None,
             authorization=self.headers.get("Authorization"),
-            stream=bool(isinstance(body, dict) and body.get("stream")),
         )
-        reply = state._arrive(request)
+        state._record(request)
         status, usage = 500, None
         try:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                body = json.loads(raw or b"{}")
+            except ValueError:
+                body = None
+            request.body = body if isinstance(body, dict) else None
+            request.stream = bool(isinstance(body, dict) and body.get("stream"))
+            reply = state._decide(request)
             status, usage = self._answer(request, reply)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True

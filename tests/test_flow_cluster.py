@@ -224,3 +224,25 @@ def test_a_killed_workers_slot_comes_back_after_its_lease(redis_client: redis.Re
                 # The dead worker's slot ended with its lease; the reclaim of its run (after the
                 # visibility timeout) is the consumer's ordinary job, tested on its own elsewhere.
                 assert slots.in_flight(redis_client, [PLUGIN]) == {PLUGIN: 0}
+
+
+def test_status_shows_the_budget_the_cluster_runs_not_this_shells_settings() -> None:
+    from app.config import get_settings
+    from app.flow.policy import model_budget
+    from app.status import pipeline_status
+
+    with LLMServer() as server:
+        env = _env(server, FIRST_SIP_LLM_RPM="50", FIRST_SIP_MAX_CONCURRENCY=f"{PLUGIN}=none")
+        with cluster(env, workers=1, consumers=1):
+            run_ids = submit(3, calls=1)
+            assert set(wait_done(run_ids).values()) == {RunStatus.COMPLETED}
+            # This process has neither the cluster's model nor its budget in its environment.
+            local = model_budget(get_settings())
+            assert local.model != env["FIRST_SIP_LLM_MODEL"] and local.limit is None
+            (row,) = [r for r in pipeline_status() if r.plugin == PLUGIN]
+    assert row.model is not None
+    assert (row.model.name, row.model.budget_limit, row.model.budget_used) == (
+        env["FIRST_SIP_LLM_MODEL"],
+        50,
+        server.count(),
+    )

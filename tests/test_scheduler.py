@@ -220,6 +220,20 @@ def test_sweep_republishes_lost_entries_and_due_retries(plugin, redis_client) ->
         assert session.scalar(select(func.count()).select_from(PluginRun)) == 1
 
 
+def test_sweep_pages_past_candidates_whose_entries_are_alive(plugin, redis_client) -> None:  # type: ignore[no-untyped-def]
+    # Five queued runs waiting in a backlog, their entries alive; the last one's entry is lost.
+    users = [_user_with_config(plugin) for _ in range(5)]
+    schedule_due(now=T0 + timedelta(minutes=1))
+    runs = _runs()
+    assert [r.user_id for r in runs] == users and all(r.status == RunStatus.QUEUED for r in runs)
+    redis_client.xdel(keys.stream(plugin), runs[-1].stream_id)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    # Pages of two: the four live candidates fill two pages; the lost one is on the third.
+    assert sweep(now=later, page_size=2) == 1
+    assert redis_client.xlen(keys.stream(plugin)) == 5
+    assert _runs(users[-1])[0].stream_id != runs[-1].stream_id
+
+
 def test_each_schedule_gets_its_own_slots_in_one_batch(plugin) -> None:  # type: ignore[no-untyped-def]
     """Slots are computed once per schedule per tick: configs that differ in any part never share."""
     daily_utc = _user_with_config(plugin)

@@ -44,7 +44,7 @@ from app.db import runs
 from app.db.engine import session_scope
 from app.db.models import TERMINAL_STATUSES, RunStatus, utcnow
 from app.errors import RetryScheduled, RunFailed, SettingsValidationError
-from app.execution import attempts, runtime, workdir
+from app.execution import attempts, cancel_watch, runtime, workdir
 from app.execution.attempts import AttemptOutcome
 from app.execution.contract import CrewContext
 from app.execution.crew_loader import entry_point_file, find_plugin
@@ -236,7 +236,7 @@ def _run_leased(claimed: runs.ClaimedRun, settings: Settings, attempt: Attempt, 
     log.info("running crew (time limit %s s)", timeout)
     # The crew thread inherits the deadline: a request that cannot get a turn in the model's
     # budget before it is not sent (the attempt fails as transient and is retried later).
-    with run_deadline(time.monotonic() + timeout):
+    with run_deadline(time.monotonic() + timeout), cancel_watch.watching(ctx.run_id, ctx.stopped):
         verdict = supervise(job, lease=lease, timeout=timeout)
     if verdict is not Verdict.FINISHED and runtime.in_pool_child():
         workdir.remove(ctx.workdir)  # this child exits soon; its crew thread will never clean up

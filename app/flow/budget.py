@@ -13,10 +13,15 @@ Guarantees:
 * :meth:`ModelBudget.pause` pauses the model for everyone; a later, shorter
   pause never shortens a longer one.
 * :func:`wait_turn` waits for a turn, bounded by a deadline and a stop event.
+* :func:`publish` records a model's budget (limit, window) as a process that
+  enforces it runs it; :func:`published` reads what the cluster published,
+  newest first, so ``first-sip status`` shows the cluster's model and budget,
+  not whatever the environment of the shell running it says.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 import time
@@ -127,3 +132,27 @@ def wait_turn(
             )
         # Waking early is pointless (the script says when); a stop ends the wait at once.
         stopped.wait(state.wait_seconds)
+
+
+def publish(client: Any, budget: ModelBudget) -> None:
+    """Record ``budget`` as the one this process enforces (raises ``redis.RedisError``)."""
+    value = {"limit": budget.limit, "window_seconds": budget.window_seconds, "at": time.time()}
+    client.hset(keys.flow_models(), budget.model, json.dumps(value))
+
+
+def published(client: Any) -> list[ModelBudget]:
+    """The budgets the cluster's processes published, the most recently published first."""
+    found: list[tuple[float, ModelBudget]] = []
+    for model, raw in (client.hgetall(keys.flow_models()) or {}).items():
+        try:
+            value = json.loads(raw)
+            limit = value.get("limit")
+            budget = ModelBudget(
+                model.decode() if isinstance(model, bytes) else str(model),
+                limit=int(limit) if limit is not None else None,
+                window_seconds=float(value["window_seconds"]),
+            )
+            found.append((float(value.get("at") or 0), budget))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue  # not ours to explain: status shows the local view instead
+    return [budget for _, budget in sorted(found, key=lambda item: -item[0])]

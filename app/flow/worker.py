@@ -33,7 +33,7 @@ import redis
 
 from app.config import Settings, get_settings
 from app.flow import slots
-from app.flow.budget import wait_turn
+from app.flow.budget import publish, wait_turn
 from app.flow.policy import model_budget
 from app.redis_client import get_redis
 
@@ -158,8 +158,20 @@ def pause_on_429(ctx: CrewContext, status: int, headers: Mapping[str, str]) -> N
 
 
 def install() -> None:
-    """Add the budget gate and the 429 observer to this worker process (idempotent)."""
+    """Add the budget gate and the 429 observer to this worker process (idempotent).
+
+    Also publishes the model's budget for ``first-sip status`` (best effort).
+    """
     from app.execution import gates
 
     gates.add_gate(budget_gate)
     gates.add_response_observer(pause_on_429)
+    publish_budget()
+
+
+def publish_budget(settings: Settings | None = None, *, client: Any = None) -> None:
+    """Publish the model budget this process enforces (see :func:`app.flow.budget.publish`)."""
+    try:
+        publish(client or get_redis(), model_budget(settings or get_settings()))
+    except redis.RedisError as exc:
+        log.warning("could not publish the LLM budget for status: %s", exc)

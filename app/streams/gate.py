@@ -78,6 +78,9 @@ class FlowGate:
     def __post_init__(self) -> None:
         self.budget = model_budget(self.settings)
         self._last_touch = self.clock()
+        from app.flow.worker import publish_budget
+
+        publish_budget(self.settings, client=self.client)
 
     # ---- queries -----------------------------------------------------------------------------
 
