@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import click
 from celery import Celery, signals
 from kombu.entity import Exchange, Queue
 
@@ -117,8 +118,37 @@ def _config() -> dict[str, Any]:
     }
 
 
+def _refuse_bad_settings(ctx: click.Context, _param: click.Parameter, _value: Any) -> None:
+    """Stop a ``celery`` command (worker, beat, flower...) on invalid settings with one line, exit 2.
+
+    Without it the first read of the configuration happens while Celery parses the
+    command's options, and the refusal ends in a traceback. The message names the
+    variables and what is wrong with them, never their values (:func:`app.config.describe`).
+    """
+    from app.errors import ConfigurationError
+
+    try:
+        get_settings()
+    except ConfigurationError as exc:
+        click.echo(f"error: configuration: {exc}", err=True)
+        ctx.exit(2)
+
+
 celery_app = Celery("first_sip", include=["app.tasks"])
 celery_app.add_defaults(_config)
+# A preload option is added to every `celery` sub-command; an eager one is parsed before the
+# others (whose defaults read the configuration). Hidden: it is a check, not a switch.
+celery_app.user_options["preload"].add(
+    click.Option(
+        ["--check-settings"],
+        is_flag=True,
+        hidden=True,
+        is_eager=True,
+        expose_value=False,
+        callback=_refuse_bad_settings,
+        help="Refuse to start on invalid settings (always on).",
+    )
+)
 
 
 @signals.setup_logging.connect

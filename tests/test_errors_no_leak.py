@@ -96,3 +96,27 @@ def test_long_secrets_are_redacted_everywhere(setenv) -> None:  # type: ignore[n
     setenv(SECRET_KEY="Sk-long-secret-value", FLOWER_BASIC_AUTH=f"admin:{FLOWER_PW}")
     text = f"oops Sk-long-secret-value and {FLOWER_PW} in a sentence"
     assert redact(text) == "oops *** and *** in a sentence"
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ({"SECRET_KEY": ""}, "SECRET_KEY"),
+        ({"SECRET_KEY": "a-real-secret-key-value", "LEASE_SECONDS": "x"}, "LEASE_SECONDS"),
+    ],
+)
+def test_every_procfile_process_refuses_bad_settings_in_one_line(bad: dict[str, str], named: str) -> None:
+    """What a process manager shows: one line naming the variable, non-zero, no traceback, no value."""
+    from tests.test_deploy_files import procfile
+
+    env = {**os.environ, **URLS, "APP_ENV": "production", **bad}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    for process, command in procfile().items():
+        done = subprocess.run(
+            ["sh", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        output = done.stdout + done.stderr
+        assert done.returncode != 0, (process, output[-2000:])
+        assert "Traceback" not in output, (process, output[-2000:])
+        assert len(output.strip().splitlines()) == 1 and named in output, (process, output[-2000:])
+        _no_password(output)

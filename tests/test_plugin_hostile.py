@@ -131,6 +131,17 @@ CASES: dict[str, tuple[str | None, str | None, str, str, str]] = {
     ),
     "octal": (None, None, "plugin.yaml", "timeout_seconds", "integer"),
     "long-owner": (None, None, "plugin.yaml", "owner", "200"),
+    # Escapes YAML allows in double-quoted strings, values PostgreSQL cannot store.
+    "nul-description": (None, None, "plugin.yaml", "description", "NUL"),
+    "surrogate-owner": (None, None, "plugin.yaml", "owner", "surrogate"),
+    "nul-entry-point": (None, None, "plugin.yaml", "entry_point", "NUL"),
+    "surrogate-config-key": (None, None, "plugin.yaml", "default_config.a\\udc80b", "surrogate"),
+}
+ESCAPED = {
+    "nul-description": ("description", '"a\\0b"'),
+    "surrogate-owner": ("owner", '"o\\ud800"'),
+    "nul-entry-point": ("entry_point", '"crew/main.py:build_crew\\0"'),
+    "surrogate-config-key": ("default_config", '{"a\\udc80b": 1}'),
 }
 OVERRIDES = {"sexagesimal": "timeout_seconds: 1:00\n", "octal": "timeout_seconds: 0777\n"}
 
@@ -141,6 +152,9 @@ def _write_case(make_plugin: Any, name: str) -> None:
         manifest = manifest_text(name) + OVERRIDES[name]
     if name == "long-owner":
         manifest = manifest_text(name, owner="o" * 201)
+    if name in ESCAPED:
+        key, value = ESCAPED[name]
+        manifest = manifest_text(name, **{key: None}) + f"{key}: {value}\n"
     path = make_plugin(name, manifest=manifest, schema=schema if schema is not None else VALID_SCHEMA)
     if schema is not None:
         (path / "settings.schema.json").write_text(schema)

@@ -8,7 +8,9 @@ it becomes part of Redis keys. The YAML is read strictly
 (:mod:`app.plugins.yamlsafe`): duplicate keys, aliases, non-core tags are
 errors, and YAML 1.1 readings (``1:00`` as 60, ``yes`` as true, ``0777`` as
 octal) do not happen: such values stay strings, so a key that wants a number
-reports a type error.
+reports a type error. Every string, key or value, is one PostgreSQL can store
+(no NUL, no lone surrogate: :mod:`app.plugins.jsonsafe`), so what validates
+also syncs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.errors import PluginError, Problem
-from app.plugins import yamlsafe
+from app.plugins import jsonsafe, yamlsafe
 from app.plugins.names import (
     DEFAULT_RUNS_QUEUE,
     PLUGIN_NAME_RE,
@@ -181,6 +183,17 @@ def parse_manifest(text: str, *, file: str) -> PluginManifest:
     bad_keys = [k for k in data if not isinstance(k, str)]
     if bad_keys:
         raise PluginError([Problem(file, str(k), "keys must be strings") for k in bad_keys])
+    stored = jsonsafe.storage_problems(data)
+    if stored:
+        # Every manifest string is stored (plugins table): NUL or a lone surrogate is this
+        # plugin's problem here, not PostgreSQL's at sync.
+        lines = _key_lines(text)
+        raise PluginError(
+            [
+                Problem(file, where[1:].replace("/", "."), message, lines.get(where[1:].split("/")[0]))
+                for where, message in stored
+            ]
+        )
     try:
         return PluginManifest.model_validate(data)
     except ValidationError as exc:
