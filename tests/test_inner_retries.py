@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from app.execution import inner_retries, runtime
-from app.llm import make_llm
+from app.execution.llm import make_llm
 from tests.llm_server import LLMServer, Reply
 
 MAX_RETRIES = 1
