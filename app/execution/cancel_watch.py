@@ -3,7 +3,7 @@
 Cancelling writes the run row (the truth); the worker running it would only
 see that at its next lease heartbeat (a third of ``LEASE_SECONDS``), and its
 crew could make provider requests meanwhile. :func:`announce` publishes the
-run id on one pub/sub channel (:func:`app.streams.keys.cancellations`) after
+run id on one pub/sub channel (:func:`app.keys.cancellations`) after
 the row is committed; every worker process listens (one daemon thread,
 started with its first run) and sets ``ctx.stopped`` of a run it is running,
 so the run's gates refuse its next LLM request and tool call.
@@ -31,8 +31,8 @@ from typing import Any
 
 import redis
 
+from app import keys
 from app.redis_client import get_redis
-from app.streams import keys
 
 log = logging.getLogger(__name__)
 
