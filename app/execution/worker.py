@@ -42,7 +42,7 @@ from app.db import runs
 from app.db.engine import session_scope
 from app.db.models import TERMINAL_STATUSES, RunStatus, utcnow
 from app.errors import RetryScheduled, RunFailed, SettingsValidationError
-from app.execution import attempts, cancel_watch, runtime, workdir
+from app.execution import attempts, cancel_watch, provider_errors, runtime, workdir
 from app.execution.attempts import AttemptOutcome
 from app.execution.contract import CrewContext
 from app.execution.crew_loader import entry_point_file, find_plugin
@@ -308,8 +308,9 @@ def _failure(attempt: Attempt, exc: BaseException, settings: Settings) -> Finish
     lease = attempt.lease
     failure = classify_failure(exc, model=attempt.model)
     if not failure.transient:
-        log.warning("run failed with a permanent error", exc_info=exc)
-        return _fail(attempt, failure.message)
+        if provider_errors.classify(exc) is None:  # a crew or plugin error: its traceback helps
+            log.warning("run failed with a permanent error", exc_info=exc)
+        return _fail(attempt, failure.message)  # logs the one line (a provider's: classified, masked)
     # The budget counts tries since the last replay: a replayed run starts again at 1.
     tries = max(lease.tries, 1)
     if tries >= settings.max_attempts:
