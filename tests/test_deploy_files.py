@@ -87,5 +87,18 @@ def test_workers_consume_every_queue_unless_split() -> None:
     assert "--queues" not in procfile()["worker"]
     assert "--queues" not in compose()["services"]["worker"]["command"][-1]
     text = (ROOT / "Procfile").read_text()
-    example = [line for line in text.splitlines() if line.startswith("# worker-")]
-    assert example and "--queues=" in example[0] and "--exclude-queues=" in text
+    examples = {
+        line.partition(":")[0].removeprefix("# "): line
+        for line in text.splitlines()
+        if line.startswith("# worker-")
+    }
+    assert "--exclude-queues=" in text
+    # The split shows a worker on the scheduler's queue next to the runs worker, and a plugin's own.
+    assert "--queues=scheduler " in examples["worker-scheduler"]
+    assert "--queues=slow " in examples["worker-slow"]
+    for line in examples.values():
+        assert (
+            line.removeprefix(line.partition(":")[0] + ":")
+            .strip()
+            .startswith("REMAP_SIGTERM=SIGQUIT exec celery")
+        )
