@@ -102,3 +102,13 @@ def test_workers_consume_every_queue_unless_split() -> None:
             .strip()
             .startswith("REMAP_SIGTERM=SIGQUIT exec celery")
         )
+
+
+def test_every_llm_and_flow_setting_is_in_the_readme_table() -> None:
+    from app.config import Settings
+
+    table = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `")]
+    documented = " ".join(line.split(" | ")[0] for line in table)
+    names = [field.alias for field in Settings.model_fields.values() if field.alias]
+    ours = [name for name in names if name.startswith("FIRST_SIP_")]  # the LLM and flow-control settings
+    assert ours and [name for name in ours if f"`{name}`" not in documented] == []
