@@ -190,7 +190,9 @@ class Settings(BaseSettings):
     queues: str = Field(default="", alias="FIRST_SIP_QUEUES")
 
     # Scheduling.
-    scheduler_tick_seconds: float = Field(default=30.0, gt=0)
+    #: A due run waits up to one tick to be created: a finite, positive interval of at most an hour
+    #: (an infinite or day-long tick would silently stop the schedules).
+    scheduler_tick_seconds: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
     scheduler_batch_size: int = Field(default=1000, ge=1)
     #: Threads a tick uses once its first batch is full (a rush); each holds one connection.
     scheduler_threads: int = Field(default=2, ge=1, le=8)

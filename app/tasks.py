@@ -32,10 +32,12 @@ def execute_run(
     stream: str | None = None,
     group: str | None = None,
     entry_id: str | None = None,
+    attempt: int | None = None,
 ) -> dict[str, Any]:
     """Run ``run_id`` at most once to a terminal state, then XACK its stream entry if named.
 
     ``plugin`` is informational (visible in Flower); the run row is authoritative.
+    ``attempt`` is the attempt the stream entry asked for (its flow-control slot's).
     The task's Celery state agrees with it: a failed run raises :class:`RunFailed`
     (FAILURE, with the run's error), a scheduled retry raises Celery's ``Retry``
     without publishing anything (RETRY; the next attempt comes from
@@ -46,7 +48,9 @@ def execute_run(
     """
     from app.execution.worker import celery_outcome, execute
 
-    return celery_outcome(execute(run_id, plugin=plugin, stream=stream, group=group, entry_id=entry_id))
+    return celery_outcome(
+        execute(run_id, plugin=plugin, stream=stream, group=group, entry_id=entry_id, attempt=attempt)
+    )
 
 
 @celery_app.task(name=SCHEDULE_DUE_RUNS, ignore_result=True)

@@ -74,3 +74,22 @@ def test_run_timeout_capped() -> None:
     assert settings.run_timeout(None) == 600
     assert settings.run_timeout(120) == 120
     assert settings.run_timeout(5000) == 900
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("0", "greater than 0"),
+        ("-5", "greater than 0"),
+        ("soon", "valid number"),
+        ("inf", "finite number"),
+        ("86400", "less than or equal to 3600"),
+    ],
+)
+def test_a_bad_scheduler_tick_is_refused_at_load_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str, problem: str
+) -> None:
+    monkeypatch.setenv("SCHEDULER_TICK_SECONDS", value)
+    get_settings.cache_clear()
+    with pytest.raises(ConfigurationError, match=f"^SCHEDULER_TICK_SECONDS: .*{problem}"):
+        get_settings()

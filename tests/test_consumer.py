@@ -59,6 +59,7 @@ def test_new_entries_are_dispatched_and_left_pending(db, redis_client: redis.Red
     for task, run_id in zip(tasks, run_ids, strict=True):
         assert task.kwargs == {
             "plugin": "alpha",
+            "attempt": 1,
             "stream": keys.stream("alpha"),
             "group": keys.GROUP,
             "entry_id": run_row(run_id).stream_id,

@@ -87,5 +87,28 @@ def test_workers_consume_every_queue_unless_split() -> None:
     assert "--queues" not in procfile()["worker"]
     assert "--queues" not in compose()["services"]["worker"]["command"][-1]
     text = (ROOT / "Procfile").read_text()
-    example = [line for line in text.splitlines() if line.startswith("# worker-")]
-    assert example and "--queues=" in example[0] and "--exclude-queues=" in text
+    examples = {
+        line.partition(":")[0].removeprefix("# "): line
+        for line in text.splitlines()
+        if line.startswith("# worker-")
+    }
+    assert "--exclude-queues=" in text
+    # The split shows a worker on the scheduler's queue next to the runs worker, and a plugin's own.
+    assert "--queues=scheduler " in examples["worker-scheduler"]
+    assert "--queues=slow " in examples["worker-slow"]
+    for line in examples.values():
+        assert (
+            line.removeprefix(line.partition(":")[0] + ":")
+            .strip()
+            .startswith("REMAP_SIGTERM=SIGQUIT exec celery")
+        )
+
+
+def test_every_llm_and_flow_setting_is_in_the_readme_table() -> None:
+    from app.config import Settings
+
+    table = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `")]
+    documented = " ".join(line.split(" | ")[0] for line in table)
+    names = [field.alias for field in Settings.model_fields.values() if field.alias]
+    ours = [name for name in names if name.startswith("FIRST_SIP_")]  # the LLM and flow-control settings
+    assert ours and [name for name in ours if f"`{name}`" not in documented] == []

@@ -22,6 +22,7 @@ from app.errors import ConfigurationError, PluginError
 from app.flow import slots
 from app.flow.budget import BudgetWaitExpired, ModelBudget, wait_turn
 from app.flow.policy import plugin_cap
+from app.flow.worker import RunSlot
 from app.plugins.manifest import parse_manifest
 from app.streams.consumer import StreamConsumer
 from tests.conftest import manifest_text
@@ -139,6 +140,38 @@ def test_slots_never_exceed_the_cap_under_concurrent_consumers(redis_client: red
     assert redis_client.llen(keys.doorbell()) == 1  # the release woke the consumers
 
 
+def test_redeliveries_and_new_attempts_never_exceed_the_cap(redis_client: redis.Redis) -> None:
+    a1, a2, a3, b1 = slots.member("a", 1), slots.member("a", 2), slots.member("a", 3), slots.member("b", 1)
+
+    def take(*members: str) -> slots.Grant:
+        return slots.acquire(redis_client, "alpha", list(members), cap=1, lease_seconds=60)
+
+    def stale_delivery_finds_nothing_to_run(attempt: int) -> None:
+        # What a worker does for a delivery it cannot claim: gives back that delivery's slot.
+        RunSlot("alpha", "a", attempt=attempt, lease_seconds=0, client=redis_client).release()
+
+    assert take(a1).granted == {a1}
+    # The entry is reclaimed and dispatched again: the same slot, not a second one.
+    grant = take(a1, b1)
+    assert grant.granted == {a1} and grant.in_flight == 1
+    worker = RunSlot("alpha", "a", attempt=1, lease_seconds=60, client=redis_client)
+    worker.hold(1)
+    worker.release()  # attempt 1 failed; a retry is due later
+    assert take(a2).granted == {a2}  # the outbox published attempt 2; the consumer sent it
+    stale_delivery_finds_nothing_to_run(1)  # a duplicate of attempt 1 arrives meanwhile
+    assert slots.in_flight(redis_client, ["alpha"]) == {"alpha": 1}
+    assert take(b1).granted == frozenset()  # attempt 2 still holds the plugin's only slot
+    # A stale redelivery of attempt 1 goes (its worker will find nothing to run) without a slot.
+    grant = take(a1)
+    assert grant.granted == {a1} and grant.in_flight == 1
+    # Attempt 2's slot outlived its release (Redis was away); attempt 3 takes it over, no double count.
+    grant = take(a3)
+    assert grant.granted == {a3} and grant.in_flight == 1
+    RunSlot("alpha", "a", attempt=3, lease_seconds=60, client=redis_client).hold(1)
+    assert slots.in_flight(redis_client, ["alpha"]) == {"alpha": 1}
+    assert take(b1).granted == frozenset()
+
+
 def test_a_slot_expires_with_its_lease(redis_client: redis.Redis) -> None:
     # Dispatched with a long dispatch lease; the worker's claim replaces it with the run's lease.
     slots.acquire(redis_client, "alpha", ["dead-worker-run"], cap=1, lease_seconds=60)
@@ -209,7 +242,7 @@ def test_a_capped_plugin_waits_in_its_stream_and_goes_as_slots_free(db, redis_cl
     assert again.read == 0 and again.dispatched == 0  # alpha's stream is not read while entries wait
     assert len(pending(redis_client, "alpha")) == 10  # held entries stay pending, not sent
     first = tasks[0].run_id if tasks[0].kwargs["plugin"] == "alpha" else tasks[1].run_id
-    slots.release(redis_client, "alpha", first)  # what a worker does when the run ends
+    slots.release(redis_client, "alpha", slots.member(first, 1))  # what a worker does when the run ends
     assert consumer.loop_once(now, block=False).dispatched == 1
     assert slots.in_flight(redis_client, ["alpha"]) == {"alpha": 2}
 

@@ -262,6 +262,11 @@ def test_a_401_fails_permanently_and_the_key_is_nowhere(
     assert SECRET not in as_text(row)
     assert SECRET not in worker.output
     assert SECRET[-12:] not in worker.output  # not even the part the provider echoes back
+    # One line from us for the failure; CrewAI's own error lines (and its echo of the key) demoted.
+    lines = [line for line in worker.output.splitlines() if "HTTP 401" in line or "API call failed" in line]
+    assert len([line for line in lines if "run failed: LLM provider error" in line]) == 1, lines
+    assert "run failed with a permanent error" not in worker.output  # no second line with a traceback
+    assert "Error executing listener" not in worker.output
 
 
 def test_an_unknown_model_is_permanent(worker: ManagedProcess, llm: LLMServer, db: str) -> None:

@@ -68,13 +68,14 @@ def prepare() -> None:
         import crewai  # noqa: F401  (the expensive import happens here, on purpose)
 
         _patch_crewai()
-        from app.execution import crewai_hooks, inner_retries, llm_injection, trace
+        from app.execution import crewai_hooks, crewai_logs, inner_retries, llm_injection, trace
         from app.flow import worker as flow
 
         llm_injection.install()
         trace.install()
         crewai_hooks.install()
         inner_retries.install()
+        crewai_logs.install()
         flow.install()
         _prepared = True
 

@@ -44,7 +44,7 @@ from app.db import runs
 from app.db.engine import session_scope
 from app.db.models import TERMINAL_STATUSES, RunStatus, utcnow
 from app.errors import RetryScheduled, RunFailed, SettingsValidationError
-from app.execution import attempts, cancel_watch, runtime, workdir
+from app.execution import attempts, cancel_watch, provider_errors, runtime, workdir
 from app.execution.attempts import AttemptOutcome
 from app.execution.contract import CrewContext
 from app.execution.crew_loader import entry_point_file, find_plugin
@@ -107,8 +107,13 @@ def execute(
     stream: str | None = None,
     group: str | None = None,
     entry_id: str | None = None,
+    attempt: int | None = None,
 ) -> dict[str, Any]:
-    """Run ``run_id`` if it is claimable; record the outcome; XACK the entry when done with it."""
+    """Run ``run_id`` if it is claimable; record the outcome; XACK the entry when done with it.
+
+    ``attempt``: the attempt the delivery asked for; when the run is not claimable, that
+    attempt's flow-control slot (taken by the consumer for this delivery) goes back.
+    """
     entry = StreamEntry.from_args(stream, group, entry_id)
     with bind(run_id=run_id, plugin=plugin):
         try:
@@ -122,7 +127,7 @@ def execute(
         with session_scope() as session:
             claimed = runs.claim(session, rid, now=utcnow(), lease_seconds=settings.lease_seconds)
         if claimed is None:
-            finish = _unclaimed(rid, plugin)
+            finish = _unclaimed(rid, plugin, attempt)
         else:
             with bind(plugin=claimed.plugin, user_id=claimed.user_id, attempt=claimed.attempt):
                 finish = _run(claimed, settings)
@@ -154,7 +159,7 @@ def celery_outcome(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _unclaimed(rid: uuid.UUID, plugin: str | None) -> Finish:
+def _unclaimed(rid: uuid.UUID, plugin: str | None, attempt: int | None) -> Finish:
     now = utcnow()
     with session_scope() as session:
         state = runs.states(session, [rid]).get(rid)
@@ -165,9 +170,11 @@ def _unclaimed(rid: uuid.UUID, plugin: str | None) -> Finish:
         state.next_attempt_at is not None and state.next_attempt_at > now
     )
     log.info("run not claimable (%s); duplicate delivery is a no-op", state.status.value)
-    if state.status != RunStatus.PROCESSING and plugin and keys.plugin_name_ok(plugin):
-        # Nobody runs it: the flow-control slot the consumer took for this dispatch goes back.
-        RunSlot(plugin, str(rid), lease_seconds=0).release()
+    if state.status != RunStatus.PROCESSING and plugin and attempt and keys.plugin_name_ok(plugin):
+        # Nobody runs this delivery's attempt: the slot the consumer took for it goes back (only
+        # that attempt's: a later attempt's slot is not ours). A task sent before deliveries named
+        # their attempt leaves its slot to expire with the dispatch lease.
+        RunSlot(plugin, str(rid), attempt=attempt, lease_seconds=0).release()
     return Finish(state.status.value, entry_done=state.is_terminal or retry_waiting)
 
 
@@ -194,7 +201,9 @@ class Attempt:
 
 def _run(claimed: runs.ClaimedRun, settings: Settings) -> Finish:
     # The plugin's flow-control slot lives as long as the lease, and goes back at the end.
-    slot = RunSlot(claimed.plugin, str(claimed.run_id), lease_seconds=settings.lease_seconds)
+    slot = RunSlot(
+        claimed.plugin, str(claimed.run_id), attempt=claimed.attempt, lease_seconds=settings.lease_seconds
+    )
     lease = Lease(
         claimed.run_id,
         attempt=claimed.attempt,
@@ -300,8 +309,9 @@ def _failure(attempt: Attempt, exc: BaseException, settings: Settings) -> Finish
     lease = attempt.lease
     failure = classify_failure(exc, model=attempt.model)
     if not failure.transient:
-        log.warning("run failed with a permanent error", exc_info=exc)
-        return _fail(attempt, failure.message)
+        if provider_errors.classify(exc) is None:  # a crew or plugin error: its traceback helps
+            log.warning("run failed with a permanent error", exc_info=exc)
+        return _fail(attempt, failure.message)  # logs the one line (a provider's: classified, masked)
     # The budget counts tries since the last replay: a replayed run starts again at 1.
     tries = max(lease.tries, 1)
     if tries >= settings.max_attempts:

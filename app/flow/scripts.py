@@ -23,30 +23,55 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-#: KEYS[1] in-flight set; ARGV cap, lease ms, run ids...
-#: Drops expired slots, then takes one per run id while under the cap. A run that already
-#: holds a slot keeps it (its expiry is extended, never shortened). Cap 0 is a worker's
-#: claim or lease renewal: no cap, and the expiry is set to the lease (not kept longer), so
-#: a dead worker's slot ends with its lease. Returns {runs in flight, granted ids...}.
+#: KEYS[1] in-flight set; ARGV cap, lease ms, members... (``<run id>:<attempt>``, see slots.member).
+#: Drops expired slots, then takes one per member while under the cap. One slot per run:
+#: the member already there keeps it (its expiry is extended, never shortened); a later
+#: attempt of the same run takes over an earlier attempt's slot (no second slot); a member
+#: of an earlier attempt than the one holding the run's slot is granted without a slot (a
+#: stale redelivery: its worker finds nothing to run). Cap 0 is a worker's claim or lease
+#: renewal: no cap, and the expiry is set to the lease (not kept longer), so a dead worker's
+#: slot ends with its lease. Returns {runs in flight, granted members...}.
 ACQUIRE = (
     _NOW
     + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local cap = tonumber(ARGV[1])
 local expiry = now + tonumber(ARGV[2])
-local count = redis.call('ZCARD', KEYS[1])
+local function split(member)
+  local run, attempt = string.match(member, '^(.*):(%d+)$')
+  if run then return run, tonumber(attempt) end
+  return member, 0
+end
+local held = {}
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+for _, member in ipairs(members) do
+  local run, attempt = split(member)
+  held[run] = {member, attempt}
+end
+local count = #members
 local out = {0}
 for i = 3, #ARGV do
   local id = ARGV[i]
-  if cap == 0 then
-    if redis.call('ZADD', KEYS[1], expiry, id) == 1 then count = count + 1 end
+  local run, attempt = split(id)
+  local current = held[run]
+  if current and current[2] > attempt then
     out[#out + 1] = id
-  elseif redis.call('ZSCORE', KEYS[1], id) then
-    redis.call('ZADD', KEYS[1], 'GT', expiry, id)
+  elseif current and current[1] == id then
+    if cap == 0 then
+      redis.call('ZADD', KEYS[1], expiry, id)
+    else
+      redis.call('ZADD', KEYS[1], 'GT', expiry, id)
+    end
     out[#out + 1] = id
-  elseif count < cap then
+  elseif current then
+    redis.call('ZREM', KEYS[1], current[1])
+    redis.call('ZADD', KEYS[1], expiry, id)
+    held[run] = {id, attempt}
+    out[#out + 1] = id
+  elseif cap == 0 or count < cap then
     redis.call('ZADD', KEYS[1], expiry, id)
     count = count + 1
+    held[run] = {id, attempt}
     out[#out + 1] = id
   end
 end

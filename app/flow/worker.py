@@ -49,10 +49,13 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 
 
 class RunSlot:
-    """The in-flight slot of one claimed run (no Redis at all for uncapped plugins)."""
+    """The in-flight slot of one attempt of a run (no Redis at all for uncapped plugins)."""
 
-    def __init__(self, plugin: str, run_id: str, *, lease_seconds: float, client: Any = None) -> None:
+    def __init__(
+        self, plugin: str, run_id: str, *, attempt: int, lease_seconds: float, client: Any = None
+    ) -> None:
         self.plugin, self.run_id, self.lease_seconds = plugin, run_id, lease_seconds
+        self.member = slots.member(run_id, attempt)
         self._client = client
         #: None until the plugin's cap is known: a run that fails before (a broken plugin) may
         #: still hold the consumer's dispatch slot, so release() then gives it back to be sure.
@@ -77,7 +80,7 @@ class RunSlot:
 
     def _renew(self, what: str) -> None:
         try:
-            slots.hold(self.client, self.plugin, self.run_id, lease_seconds=self.lease_seconds)
+            slots.hold(self.client, self.plugin, self.member, lease_seconds=self.lease_seconds)
         except redis.RedisError as exc:
             log.warning("could not %s the run's flow-control slot (it expires with the lease): %s", what, exc)
 
@@ -86,7 +89,7 @@ class RunSlot:
         if self.capped is False:
             return
         try:
-            slots.release(self.client, self.plugin, self.run_id)
+            slots.release(self.client, self.plugin, self.member)
         except redis.RedisError as exc:
             log.warning("could not release the run's flow-control slot (it expires with the lease): %s", exc)
 

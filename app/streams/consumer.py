@@ -321,7 +321,7 @@ class StreamConsumer:
             parsed = parse_entry(entry.fields)
             decision = rejection(entry, parsed)
             if decision is None and isinstance(parsed, Envelope):
-                dispatches.append(Dispatch(parsed.run_id, entry.plugin, entry.id))
+                dispatches.append(Dispatch(parsed.run_id, entry.plugin, entry.id, attempt=parsed.attempt))
             elif decision is not None:
                 rejected.append((entry, decision))
         self._dispatch(dispatches, stats)

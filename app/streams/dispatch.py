@@ -41,11 +41,14 @@ class Dispatch:
     #: The group's delivery counter for the entry once this dispatch is made (flow control
     #: holds an entry back without counting a delivery; see app.streams.gate).
     delivery_count: int = 1
+    #: The attempt the entry asks for (its envelope's): the flow-control slot it takes is that attempt's.
+    attempt: int = 1
 
-    def kwargs(self) -> dict[str, str]:
+    def kwargs(self) -> dict[str, str | int]:
         """The keyword arguments ``execute_run`` receives."""
         return {
             "plugin": self.plugin,
+            "attempt": self.attempt,
             "stream": keys.stream(self.plugin),
             "group": keys.GROUP,
             "entry_id": self.entry_id,

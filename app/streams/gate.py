@@ -174,7 +174,10 @@ class FlowGate:
         plugins = list(by_plugin)
         calls = [
             slots.acquire_call(
-                p, [str(i.run_id) for i in by_plugin[p]], cap=self.caps[p], lease_seconds=lease
+                p,
+                [slots.member(i.run_id, i.attempt) for i in by_plugin[p]],
+                cap=self.caps[p],
+                lease_seconds=lease,
             )
             for p in plugins
         ]
@@ -183,7 +186,11 @@ class FlowGate:
             if isinstance(reply, Exception):
                 raise reply
             granted[plugin] = slots.grant_from(reply).granted
-        return [i for i in allowed if i.plugin not in self.caps or str(i.run_id) in granted[i.plugin]]
+        return [
+            i
+            for i in allowed
+            if i.plugin not in self.caps or slots.member(i.run_id, i.attempt) in granted[i.plugin]
+        ]
 
     def _update_held(self, candidates: list[Dispatch], admitted: list[Dispatch]) -> None:
         went = {(i.plugin, i.entry_id) for i in admitted}

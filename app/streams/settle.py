@@ -172,7 +172,7 @@ class Settler:
         stats.kept += len(kept)
         self._on_dispatch(
             [
-                Dispatch(d.run_id, plugin, e.id, e.delivery_count)
+                Dispatch(d.run_id, plugin, e.id, e.delivery_count, attempt=_attempt(parsed.get(e.id)))
                 for e, d in decided
                 if d.action == Action.DISPATCH and d.run_id
             ],
@@ -209,3 +209,7 @@ class Settler:
                 plugin,
                 len(published),
             )
+
+
+def _attempt(parsed: object) -> int:
+    return parsed.attempt if isinstance(parsed, Envelope) else 1
