@@ -2,9 +2,13 @@
 
 Guarantees: :func:`configure_logging` is idempotent and owns only the root
 logger's handler; every record carries the fields bound with :func:`bind` in
-the current context; known secret values (settings secrets, database password,
-``*_API_KEY``/``*_TOKEN``/``*_SECRET`` variables) are replaced by ``***`` before
-a record is written.
+the current context; known secret values (settings secrets, database and Redis
+passwords, the values of ``*_KEY``/``*_TOKEN``/``*_SECRET``/``*_PASSWORD``
+variables such as ``OPENAI_API_KEY``) are replaced by ``***`` before a record is
+written, whichever logger wrote it: the record factory redacts every record's
+message and traceback when it is made, so a third-party logger with a handler of
+its own (not ours) writes them masked too, and our formatters redact each field
+before JSON escaping could hide a secret (a quote, a backslash, a non-ASCII letter).
 
 Short secrets: a value of :data:`MIN_ANYWHERE` characters or more is redacted
 wherever it appears. A shorter one (``redis://:abc@host``) is redacted too, but
@@ -21,14 +25,15 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("log_context", default=None)
-_SECRET_ENV_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
+# ``_KEY`` covers ``*_API_KEY`` and ``AWS_SECRET_ACCESS_KEY``; a harmless value masked is the lesser harm.
+_SECRET_ENV_SUFFIXES = ("_KEY", "_TOKEN", "_SECRET", "_PASSWORD", "_PASSWD", "_CREDENTIALS")
 #: Secrets at least this long are redacted anywhere; shorter ones only in value position.
 MIN_ANYWHERE = 6
 _configured = False
@@ -102,6 +107,19 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STD_ATTRS and not k.startswith("_")}
 
 
+def _masked(value: Any, secrets: list[str]) -> Any:
+    """``value`` (a log record's fields) with every string redacted; other objects as masked text."""
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {redact(str(k), secrets): _masked(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_masked(v, secrets) for v in value]
+    return redact(str(value), secrets)
+
+
 class JSONFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, bound fields, exception."""
 
@@ -117,9 +135,10 @@ class JSONFormatter(logging.Formatter):
             "message": record.getMessage(),
             **_extras(record),
         }
-        if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
-        return redact(json.dumps(doc, default=str), self._secrets)
+        if record.exc_info or record.exc_text:
+            doc["exception"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
+        # Redacted before json.dumps escapes the text (an escaped secret would no longer match).
+        return json.dumps(_masked(doc, self._secrets))
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -133,6 +152,30 @@ class ConsoleFormatter(logging.Formatter):
         line = super().format(record)
         extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
         return redact(f"{line} {extras}" if extras else line, self._secrets)
+
+
+#: What the record factory masks: the secrets of the last :func:`configure_logging`.
+_factory_secrets: list[str] = []
+
+
+def _redacting_factory(make: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        secrets = _factory_secrets
+        if not secrets:
+            return record
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format: leave it for the handler to report, as logging does
+            return record
+        record.msg, record.args = redact(message, secrets), None
+        if record.exc_info:
+            # Formatters print exc_text when set: the traceback text, masked once here.
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info), secrets)
+        return record
+
+    factory.redacts = True  # type: ignore[attr-defined]
+    return factory
 
 
 def configure_logging(level: str | None = None, *, json_output: bool | None = None) -> None:
@@ -155,4 +198,8 @@ def configure_logging(level: str | None = None, *, json_output: bool | None = No
     # alembic.runtime.plugins: one INFO line per autogenerate plugin on every migration run.
     for noisy in ("httpx", "LiteLLM", "urllib3", "asyncio", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _factory_secrets[:] = secrets
+    make = logging.getLogRecordFactory()
+    if not getattr(make, "redacts", False):
+        logging.setLogRecordFactory(_redacting_factory(make))
     _configured = True

@@ -12,6 +12,12 @@ Guarantees:
 * :func:`markdown_text` escapes every character that could start markdown
   markup inside a line (emphasis, code, links, images, autolinks, raw HTML,
   entities): the text renders as itself, never as a link or as HTML.
+* :func:`safe_markdown` keeps markdown (headings, lists, emphasis, links) but
+  nothing else: HTML is removed as by :func:`plain_text` (entities decoded
+  first, script-like elements dropped with their content), every link, image,
+  autolink and reference definition points to a :func:`safe_link` URL or is
+  reduced to its text, and no ``<`` that could open a tag is left. For text
+  written by a model from untrusted input (a digest), before it is stored.
 * :func:`safe_link` returns an absolute ``http``/``https`` URL without
   credentials, with the characters that could end a markdown link
   percent-encoded, or None for anything else (``javascript:``, ``data:``,
@@ -106,6 +112,61 @@ def plain_text(value: object, *, limit: int | None = None) -> str:
 def markdown_text(text: str) -> str:
     """``text`` with every markdown- and HTML-significant character backslash-escaped."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+_AUTOLINK = re.compile(r"<([A-Za-z][A-Za-z0-9+.-]{1,31}:[^\s<>]*)>")
+# [text](url "title") and ![alt](url), url with one level of balanced parentheses, optional
+# title; not after "\[" or "\]" (markdown for literal brackets).
+_INLINE_LINK = re.compile(
+    r"(?<!\\)(!?)\[((?:[^\]\n\\]|\\.)*)\]\(\s*<?((?:[^()\s<>]|\([^()\s]*\))*)>?"
+    r"(?:\s+(?:\"[^\"\n]*\"|'[^'\n]*'|\([^()\n]*\)))?\s*\)"
+)
+# A reference definition, also inside quotes and list items, its URL possibly on the next line.
+_REFERENCE = re.compile(
+    r"^((?:[ \t>]|[-*+][ \t]|\d{1,9}[.)][ \t])*\[[^\]\n]+\]:[ \t]*\n?[ \t]*)<?(\S*?)>?(?:[ \t].*)?$",
+    re.MULTILINE,
+)
+# What is left of a link destination after the links above were rebuilt (nested brackets, parentheses).
+_DESTINATION = re.compile(r"(?<!\\)\]\(\s*<?([^\s)>]*)")
+_ESCAPED_LT = "\ue000"
+_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
+
+
+def _line_visible(char: str) -> str:
+    return char if char in "\n\t" else _visible(char)
+
+
+def safe_markdown(value: object) -> str:
+    """Markdown from ``value`` with no HTML and only http(s) links (see the module docstring)."""
+    text = "" if value is None else str(value)
+
+    def autolink(match: re.Match[str]) -> str:
+        url = safe_link(match.group(1))
+        return f"[{markdown_text(url)}]({url})" if url else ""
+
+    text = _AUTOLINK.sub(autolink, text)  # before tags are removed: nh3 would take <https://...> for one
+    # "\<" is markdown for a literal "<" (feeds.markdown_text writes it): not a tag, kept as it is.
+    # Whoever writes the placeholder gets "\<" back: a literal "<" too.
+    text = text.replace("\\<", _ESCAPED_LT)
+    for _ in range(_ROUNDS):
+        stripped = _strip_tags(html.unescape(text))
+        if stripped == text:
+            break
+        text = stripped
+
+    def inline(match: re.Match[str]) -> str:
+        bang, label, url = match.group(1), match.group(2), safe_link(match.group(3))
+        return f"{bang}[{label}]({url})" if url else label
+
+    def reference(match: re.Match[str]) -> str:
+        url = safe_link(match.group(2))
+        return f"{match.group(1)}{url}" if url else ""
+
+    text = _REFERENCE.sub(reference, _INLINE_LINK.sub(inline, text))
+    # Any other "](" that opens an unsafe destination is no longer link syntax: "]\(".
+    text = _DESTINATION.sub(lambda m: m.group() if safe_link(m.group(1)) else "]\\(" + m.group()[2:], text)
+    text = _TAG_START.sub("&lt;", text)  # escaped deeper than we unwrap: no tag survives
+    return "".join(_line_visible(c) for c in text).replace(_ESCAPED_LT, "\\<")
 
 
 def safe_link(value: object) -> str | None:

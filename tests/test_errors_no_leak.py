@@ -120,3 +120,56 @@ def test_every_procfile_process_refuses_bad_settings_in_one_line(bad: dict[str, 
         assert "Traceback" not in output, (process, output[-2000:])
         assert len(output.strip().splitlines()) == 1 and named in output, (process, output[-2000:])
         _no_password(output)
+
+
+LOGGING_SCRIPT = """
+import logging, os, sys
+from app.logs import configure_logging
+configure_logging(json_output=sys.argv[1] == "json")
+# A third-party logger with a handler of its own (lark ships one), not ours: no formatter of ours.
+own = logging.getLogger("thirdparty.own")
+own.addHandler(logging.StreamHandler(sys.stderr))
+own.propagate = False
+names = ["app.execution", "celery", "celery.app.trace", "kombu", "httpx", "LiteLLM", "crewai", "root"]
+names.append("thirdparty.own")
+secrets = [os.environ[k] for k in ("OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY")]
+for name in names:
+    log = logging.getLogger(name)
+    log.warning("key %s url %s", secrets[0], os.environ["REDIS_URL"], extra={"detail": {"token": secrets[1]}})
+    try:
+        raise RuntimeError(f"provider refused {secrets[0]} for {os.environ['DATABASE_URL']}")
+    except RuntimeError:
+        log.exception("failed")
+"""
+
+
+@pytest.mark.parametrize("style", ["json", "console"])
+def test_a_known_key_is_masked_through_every_logger(style: str) -> None:
+    """In a process of its own: our loggers, Celery's, kombu's, httpx's, LiteLLM's, CrewAI's, the root,
+    and one with its own handler; long keys from the environment, a short Redis password, and a
+    database password JSON would escape (a quote and non-ASCII letters)."""
+    key, aws, redis_pw, db_pw = "sk-live-Known0123456789", "aws/Secret+Key9", "pw1", 'Pä"sswört-9'
+    env = {
+        **os.environ,
+        "OPENAI_API_KEY": key,
+        "AWS_SECRET_ACCESS_KEY": aws,
+        "REDIS_URL": f"redis://:{redis_pw}@127.0.0.1:6379/0",
+        "DATABASE_URL": f"postgresql://app:{db_pw}@127.0.0.1:5432/x",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", LOGGING_SCRIPT, style],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    for name in ("app.execution", "celery", "kombu", "httpx", "LiteLLM", "crewai", "root"):
+        assert name in output or style == "console", name
+    lines = [line for line in output.splitlines() if "key " in line]
+    assert len(lines) == 9, output[-3000:]
+    for secret in (key, aws, db_pw, db_pw.encode("unicode_escape").decode(), json.dumps(db_pw)[1:-1]):
+        assert secret not in output, (secret, output[-3000:])
+    assert ":pw1@" not in output and output.count("***") >= 9 * 4, output[-3000:]

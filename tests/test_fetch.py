@@ -225,7 +225,7 @@ def test_a_slow_loris_body_is_cut_at_the_total_deadline(server: LocalServer) -> 
 def test_a_slow_loris_status_line_is_cut_at_the_total_deadline(server: LocalServer) -> None:
     drip = Drip(interval=0.5, status_line_too=True)
     server.routes["/drip"] = drip
-    with pytest.raises(FetchTimedOut):
+    with pytest.raises(FetchUnreachable, match=UNREACHABLE):  # never answered: reads like a closed port
         fetcher(deadline_seconds=2.0).fetch(server.url("/drip"))
     assert drip.hung_up.wait(30)
     assert no_fetch_threads()
@@ -310,6 +310,40 @@ def test_a_refusal_reads_the_same_whether_or_not_something_listens(internal: Loc
             fetcher(deadline_seconds=30).fetch(url)
         reasons.add(str(caught.value))
     assert reasons == {ADDRESS_NOT_ALLOWED}
+    assert internal.requests == []
+
+
+def test_no_failure_before_an_answer_tells_whether_a_port_is_open(
+    server: LocalServer, internal: LocalServer, silent_port: int
+) -> None:
+    """A port scan through feed problems learns nothing: a closed port, a refused address (with or
+    without a listener), a reset connection, a listener that never answers and a connection that
+    times out all give the same reason."""
+
+    def reset(h):  # type: ignore[no-untyped-def]
+        h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        h.connection.close()
+
+    server.routes["/reset"] = reset
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel does), never answers
+    try:
+        urls = [
+            f"http://127.0.0.1:{_closed_port()}/",
+            internal.url("/feed.xml"),
+            f"http://127.0.0.2:{_closed_port()}/",
+            "http://10.255.255.1:81/",
+            server.url("/reset"),
+            f"http://127.0.0.1:{silent.getsockname()[1]}/",
+            f"http://127.0.0.1:{silent_port}/",
+        ]
+        reasons = {}
+        for url in urls:
+            with pytest.raises(FetchError) as caught:
+                fetcher(deadline_seconds=1.5).fetch(url)
+            reasons[url] = caught.value.reason
+    finally:
+        silent.close()
+    assert set(reasons.values()) == {UNREACHABLE}, reasons
     assert internal.requests == []
 
 
@@ -420,7 +454,7 @@ def test_a_tls_handshake_dribbled_out_is_cut_at_the_deadline() -> None:
 
     threading.Thread(target=dribble, daemon=True).start()
     try:
-        with pytest.raises(FetchTimedOut):
+        with pytest.raises(FetchUnreachable, match=UNREACHABLE):  # never answered
             fetcher(deadline_seconds=2.0).fetch(f"https://127.0.0.1:{listener.getsockname()[1]}/")
         assert hung_up.wait(30)
         assert no_fetch_threads()

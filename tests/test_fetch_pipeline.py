@@ -83,7 +83,7 @@ def test_refused_feeds_are_reported_and_the_digest_is_built_from_the_others(
     assert row.output is not None
     problems = dict(p.rsplit(": ", 1) for p in row.output["report"]["feed_problems"])
     assert problems == {
-        **{url: "address not allowed" for url in refused[:-1]},
+        **{url: "unreachable" for url in refused[:-1]},
         refused[-1]: "URLs with credentials are not fetched",
         slow: "took longer than 3 s",
     }

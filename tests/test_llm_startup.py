@@ -140,3 +140,38 @@ def test_a_base_url_that_is_not_http_is_refused(setenv: Any) -> None:
     result = CliRunner().invoke(cli, ["llm", "check"])
     assert result.exit_code == 2
     assert "OPENAI_BASE_URL must be an http:// or https:// URL" in result.output
+
+
+@pytest.mark.parametrize(
+    "reply", [Reply(status=500, error_message="boom\nsecond line"), Reply(malformed=True)]
+)
+def test_llm_check_failure_is_the_only_line_and_json_on_stdout(server: LLMServer, reply: Reply) -> None:
+    """In a process of its own (as an operator runs it): CrewAI's own prints and log lines stay out."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    server.default = reply
+    env = {**os.environ, **server.env(api_key=KEY), "FIRST_SIP_LLM_MAX_RETRIES": "0"}
+    command = [sys.executable, "-m", "app", "llm", "check"]
+    plain = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 1
+    lines = (plain.stdout + plain.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: LLM provider error (openai/gpt-4o-mini"), lines
+    as_json = subprocess.run(
+        [*command, "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert as_json.returncode == 1 and as_json.stderr == "", as_json.stderr
+    answer = json.loads(as_json.stdout)
+    assert answer == {"ok": False, "error": lines[0].removeprefix("error: ")}
+    assert KEY not in plain.stdout + plain.stderr + as_json.stdout
+
+
+def test_llm_check_json_reports_bad_settings_as_json(setenv: Any) -> None:
+    setenv(FIRST_SIP_LLM_MODEL="openai/gpt-4o-mini", OPENAI_BASE_URL="ftp://models.example")
+    result = CliRunner().invoke(cli, ["llm", "check", "--json"])
+    assert result.exit_code == 2
+    answer = json.loads(result.stdout)
+    assert answer["ok"] is False and "OPENAI_BASE_URL must be an http:// or https:// URL" in answer["error"]

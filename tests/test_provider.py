@@ -131,6 +131,27 @@ def test_a_digest_run_records_exactly_the_usage_the_provider_reported(
     assert {k: entry[k] for k in sent} == sent
 
 
+def test_a_digest_whose_model_writes_html_and_script_links_is_stored_sanitised(
+    worker: ManagedProcess, llm: LLMServer, db: str
+) -> None:
+    """The model's markdown is untrusted (it was written from feed text): stored without HTML."""
+    llm.default = Reply(
+        content="Thought: done\nFinal Answer: ## Science\n<script>alert(1)</script>"
+        "&lt;img src=x onerror=alert(2)&gt; [click](javascript:alert(3)) ![i](data:image/png;base64,AA) "
+        "[story](https://example.com/story)"
+    )
+    run_id = make_run("daily-news-digest", {"topics": ["science"], "feeds": ["bundled:sample-feed.xml"]})
+    dispatch(run_id)
+    row = wait_for(run_id)
+    assert row.status == RunStatus.COMPLETED, row.error_message
+    assert row.output is not None
+    stored = json.dumps(row.output["content"]) + json.dumps(row.output["tasks"])
+    for bad in ("<script", "alert(1)", "onerror", "<img", "javascript:", "data:image"):
+        assert bad not in stored, (bad, row.output["content"])
+    assert row.output["content"].startswith("## Science")
+    assert "[story](https://example.com/story)" in row.output["content"]
+
+
 # ---- transient provider failures ---------------------------------------------------------------
 
 

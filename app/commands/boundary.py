@@ -15,6 +15,7 @@ Guarantees, for every ``first-sip`` command (the root group's
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from typing import Any, NoReturn
 
@@ -47,8 +48,35 @@ def _safe(text: str, limit: int = 300) -> str:
     return clip(redact(first), limit)
 
 
+# While set (by :func:`explain`), report's lines are collected here instead of printed.
+_collected: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("collected", default=None)
+
+
+def _line(text: str) -> None:
+    collected = _collected.get()
+    if collected is None:
+        typer.echo(text, err=True)
+    else:
+        collected.append(text)
+
+
 def _echo(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    _line(f"error: {message}")
+
+
+def explain(exc: BaseException) -> tuple[str, int]:
+    """What :func:`report` would say about ``exc``, as one line (no ``error:`` prefix), and its
+    exit code; prints nothing. For commands that print their errors as JSON."""
+    lines: list[str] = []
+    code = 1
+    token = _collected.set(lines)
+    try:
+        report(exc)
+    except typer.Exit as done:
+        code = done.exit_code
+    finally:
+        _collected.reset(token)
+    return " ".join(line.strip() for line in lines).removeprefix("error: "), code
 
 
 def _service(exc: BaseException) -> str | None:
@@ -99,9 +127,9 @@ def report(exc: BaseException) -> NoReturn:
     if isinstance(exc, SettingsValidationError):
         _echo(f"invalid settings for plugin {_safe(exc.plugin, 100)!r}:")
         for issue in exc.errors[:MAX_ISSUES]:
-            typer.echo(f"  {_safe(str(issue))}", err=True)
+            _line(f"  {_safe(str(issue))}")
         if len(exc.errors) > MAX_ISSUES:
-            typer.echo(f"  ... and {len(exc.errors) - MAX_ISSUES} more", err=True)
+            _line(f"  ... and {len(exc.errors) - MAX_ISSUES} more")
         raise typer.Exit(EXIT_INVALID)
     if isinstance(exc, ConfigurationError):
         _echo(f"configuration: {_safe(str(exc), 1000)}")

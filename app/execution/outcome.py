@@ -6,7 +6,8 @@ Guarantees:
   output), ``tasks`` (name, agent, raw per task, and ``json`` when the task
   produced structured output), ``token_usage`` (prompt, completion, total,
   successful requests), ``model``, ``duration_seconds``, the ``report`` and
-  the ``files`` the crew left in the run's folder.
+  the ``files`` the crew left in the run's folder. ``content`` and each
+  ``raw`` are :func:`app.safe_text.safe_markdown`: no HTML, only http(s) links.
 * :func:`is_transient` says whether a retry may succeed: provider connection
   errors, timeouts talking to a provider and rate limits, recognised by
   exception type (names too, so litellm/openai/httpx errors are recognised
@@ -31,6 +32,7 @@ from app.errors import PermanentError, TransientError
 from app.execution import provider_errors
 from app.execution.provider_errors import chain, is_transient_status, status_of
 from app.logs import redact
+from app.safe_text import safe_markdown
 
 MAX_ERROR_CHARS = 2000
 #: A run's output is a briefing, not a data dump; larger means a plugin bug.
@@ -130,7 +132,7 @@ def _task(output: Any) -> dict[str, Any]:
     shaped: dict[str, Any] = {
         "name": _text(getattr(output, "name", None)) or None,
         "agent": _text(getattr(output, "agent", None)),
-        "raw": _text(getattr(output, "raw", None)),
+        "raw": safe_markdown(_text(getattr(output, "raw", None))),
     }
     pydantic = getattr(output, "pydantic", None)
     structured = (
@@ -151,7 +153,8 @@ def shape_output(
     files: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The JSON recorded as the run's output; :class:`PermanentError` if it is empty or too large."""
-    content = _text(getattr(result, "raw", None)).strip()
+    # Written by a model from untrusted input (feeds, pages): stored without HTML or unsafe links.
+    content = safe_markdown(_text(getattr(result, "raw", None))).strip()
     if not content:
         raise PermanentError("the crew produced no output")
     output = {

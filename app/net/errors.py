@@ -2,17 +2,21 @@
 
 Every error carries a ``reason`` that is safe to show a user (it goes into a
 run's report and a digest): it never says whether an internal address has
-something listening, and never repeats server-chosen text.
+something listening, and never repeats server-chosen text. Until a server has
+answered, every failure reads :data:`UNREACHABLE`: an address the policy
+refuses, a closed port, a refused, reset or lost connection, and a deadline
+passed while connecting or waiting for the answer are indistinguishable.
 """
 
 from __future__ import annotations
 
 from app.errors import FirstSipError, TransientError
 
-#: The one reason given for every address the policy refuses (whatever the address is).
-ADDRESS_NOT_ALLOWED = "address not allowed"
-#: The one reason given for every failure to connect to an allowed address (refused, timed out, reset).
+#: The one reason given for every failure before a server answered (refused, timed out, reset, lost).
 UNREACHABLE = "unreachable"
+#: The reason given for every address the policy refuses: the same words, so a report cannot
+#: tell a refused address from a closed port (the class, FetchRefused, says which to code).
+ADDRESS_NOT_ALLOWED = UNREACHABLE
 
 
 class FetchError(FirstSipError):

@@ -16,6 +16,11 @@ Guarantees of :meth:`Fetcher.fetch`:
   (``trust_env`` off): the checked address is the one connected to;
 * failures raise a :class:`~app.net.errors.FetchError` whose ``reason`` is
   safe to show a user; a non-2xx answer is ``"HTTP <code> <standard phrase>"``.
+  Before a server answers (status line and headers), every failure reads
+  ``"unreachable"``: a refused address, a closed port, a reset or lost
+  connection and a deadline passed while connecting or waiting are one answer,
+  so reports cannot be used to scan ports. Only a server that answered can
+  make a fetch "take longer than" its deadline.
 
 httpx does the HTTP; this module supplies its network backend and the policy.
 """
@@ -41,6 +46,7 @@ from app.net.errors import (
     FetchError,
     FetchFailed,
     FetchRefused,
+    FetchTimedOut,
     FetchUnreachable,
 )
 from app.net.guard import FetchGuard
@@ -165,30 +171,33 @@ class Fetcher:
             timeout=httpx.Timeout(deadline),
             headers={"User-Agent": USER_AGENT, "Accept": "*/*", "Accept-Encoding": "gzip, deflate"},
         )
+        error: FetchError
         try:
             return self._follow(client, target, _request_headers(headers), cap=cap, guard=guard)
-        except FetchError:
-            raise
+        except FetchError as exc:
+            error = exc
         except httpx.InvalidURL:  # httpx builds the next request of a redirect even when not following
-            raise FetchRefused("redirect refused: not a valid URL") from None
-        except (httpx.ConnectError, httpx.ConnectTimeout):  # TLS set-up failed (certificate, protocol)
-            raise guard.tripped or FetchUnreachable(UNREACHABLE) from None
+            error = FetchRefused("redirect refused: not a valid URL")
         except httpx.TimeoutException:
-            raise guard.tripped or guard.timed_out() from None
-        except (httpx.HTTPError, httpcore.ProtocolError, OSError):
-            if guard.tripped is not None:
-                raise guard.tripped from None
-            raise FetchUnreachable("connection lost") from None
+            error = guard.tripped or guard.timed_out()
+        except (httpx.HTTPError, httpcore.ProtocolError, OSError):  # TLS set-up, reset, connection lost
+            error = guard.tripped or FetchUnreachable(UNREACHABLE)
         finally:
             client.close()
             guard.close()
+        if isinstance(error, FetchTimedOut) and not guard.answered:
+            # Nothing answered in time: a silent listener must read like a closed port.
+            error = FetchUnreachable(UNREACHABLE)
+        raise error from None
 
     def _follow(
         self, client: httpx.Client, url: httpx.URL, headers: dict[str, str], *, cap: int, guard: FetchGuard
     ) -> FetchResponse:
         for hop in range(self.max_redirects + 1):
             guard.check()
+            guard.answered = False
             with client.stream("GET", url, headers=headers) as response:
+                guard.answered = True
                 if response.has_redirect_location:
                     if hop == self.max_redirects:
                         raise FetchFailed("too many redirects")

@@ -51,6 +51,9 @@ class FetchGuard:
         self._done = threading.Event()
         self._tripped: FetchError | None = None
         self._watchdog: threading.Thread | None = None
+        #: True once the current request got a response (status line and headers): until then,
+        #: a deadline reads like any other failure to reach the host (app.net.fetch).
+        self.answered = False
 
     # ---- time ------------------------------------------------------------------------------
 

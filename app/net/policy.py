@@ -24,7 +24,7 @@ Guarantees:
   mean, so they are checked (and connected to) as that address.
 
 Every refusal is :class:`FetchRefused` with the same reason for every address
-(``"address not allowed"``), so a refusal says nothing about the address.
+(``"unreachable"``, as a closed port reads), so a refusal says nothing about the address.
 """
 
 from __future__ import annotations
