@@ -9,6 +9,7 @@ unknown user/plugin/run -> :class:`NotFoundError`, disabled plugin ->
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 import uuid
@@ -47,6 +48,8 @@ from app.plugins.jsonsafe import clip
 from app.plugins.names import PLUGIN_NAME_RE
 from app.plugins.settings import spec_from_row, validate_settings
 from app.scheduling import ScheduleError, next_run_at, zone
+from app.streams import producer
+from app.streams.producer import RunRef
 
 if TYPE_CHECKING:
     from app.streams.dlq import DeadLetter, ReplayResult
@@ -356,13 +359,15 @@ def trigger_run(
     settings: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
 ) -> RunInfo:
-    """Create a manual run and publish it at once.
+    """Create a manual run and publish it at once; returns the run as of its publish (``queued``).
 
     The run's input is the user's saved settings overlaid with ``settings``,
-    validated. The same ``idempotency_key`` (per user) returns the same run.
+    validated. The same ``idempotency_key`` (per user) returns the same run,
+    unpublished again. One transaction creates the row, then one publish
+    writes its stream entry and marks it queued: the row is committed before
+    any message names it. A run saved but not published raises
+    :class:`NotPublishedError` (the outbox sweep publishes it later).
     """
-    from app.outbox import publish_run_ids
-
     if idempotency_key is not None and (
         not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY or _CONTROL.search(idempotency_key)
     ):
@@ -372,58 +377,88 @@ def trigger_run(
         )
     now = utcnow()
     with session_scope() as session:
-        _user(session, user_id)
-        row = _plugin(session, plugin)
-        if idempotency_key is not None:
-            existing = session.scalars(
-                select(PluginRun).where(
-                    PluginRun.user_id == user_id, PluginRun.idempotency_key == idempotency_key
-                )
-            ).one_or_none()
-            if existing is not None:
-                return _run_info(existing, row.name)
-        saved = session.scalars(
-            select(UserPluginConfig.settings).where(
-                UserPluginConfig.user_id == user_id, UserPluginConfig.plugin_id == row.id
-            )
-        ).one_or_none()
-        effective = validate_settings(spec_from_row(row), {**(saved or {}), **(settings or {})})
-        run = PluginRun(
-            run_id=uuid.uuid4(),
+        info, ref = _create_manual_run(
+            session,
             user_id=user_id,
-            plugin_id=row.id,
-            trigger=Trigger.MANUAL,
-            status=RunStatus.PENDING,
-            input=effective,
+            plugin=plugin,
+            settings=settings,
             idempotency_key=idempotency_key,
-            created_at=now,
-            updated_at=now,
+            now=now,
         )
-        session.add(run)
-        try:
-            session.flush()
-        except IntegrityError:
-            # A concurrent call with the same key won the insert: return its run.
-            session.rollback()
-            return trigger_run(user_id, plugin, settings, idempotency_key)
-        run_id = run.run_id
+    if ref is None:
+        return info  # the run this idempotency key already named
     try:
-        publish_run_ids([run_id], now=now)  # after commit: the row exists before any message names it
+        with session_scope() as session:
+            published = producer.publish_runs(session, [ref], now=now)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         where = address(get_settings().redis_url)
         raise NotPublishedError(
-            f"run {run_id} was saved but not published: Redis at {where} does not answer; the "
+            f"run {ref.run_id} was saved but not published: Redis at {where} does not answer; the "
             "scheduler's outbox sweep publishes it once Redis is back",
-            run_id=run_id,
+            run_id=ref.run_id,
         ) from exc
-    info = get_run(run_id)
-    if info.status == RunStatus.PENDING:  # the stream refused the entry (see the producer's log)
+    if not published:  # the stream refused the entry (see the producer's log)
         raise NotPublishedError(
-            f"run {run_id} was saved but not published: Redis refused plugin {plugin!r}'s stream (see "
+            f"run {ref.run_id} was saved but not published: Redis refused plugin {plugin!r}'s stream (see "
             "'first-sip status'); it stays pending and the outbox sweep retries it",
-            run_id=run_id,
+            run_id=ref.run_id,
         )
-    return info
+    return dataclasses.replace(info, status=RunStatus.QUEUED)
+
+
+def _run_by_key(session: Session, user_id: int, idempotency_key: str) -> PluginRun | None:
+    return session.scalars(
+        select(PluginRun).where(PluginRun.user_id == user_id, PluginRun.idempotency_key == idempotency_key)
+    ).one_or_none()
+
+
+def _create_manual_run(
+    session: Session,
+    *,
+    user_id: int,
+    plugin: str,
+    settings: dict[str, Any] | None,
+    idempotency_key: str | None,
+    now: datetime,
+) -> tuple[RunInfo, RunRef | None]:
+    """The new pending run and its reference, or (the run this key already named, None)."""
+    _user(session, user_id)
+    row = _plugin(session, plugin)
+    name = row.name
+    if idempotency_key is not None:
+        existing = _run_by_key(session, user_id, idempotency_key)
+        if existing is not None:
+            return _run_info(existing, name), None
+    saved = session.scalars(
+        select(UserPluginConfig.settings).where(
+            UserPluginConfig.user_id == user_id, UserPluginConfig.plugin_id == row.id
+        )
+    ).one_or_none()
+    effective = validate_settings(spec_from_row(row), {**(saved or {}), **(settings or {})})
+    run = PluginRun(
+        run_id=uuid.uuid4(),
+        user_id=user_id,
+        plugin_id=row.id,
+        trigger=Trigger.MANUAL,
+        status=RunStatus.PENDING,
+        input=effective,
+        idempotency_key=idempotency_key,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(run)
+    try:
+        session.flush()
+    except IntegrityError:
+        # A concurrent call with the same key won the insert (PostgreSQL made this one wait for
+        # its commit, so its row is visible now): return that run, in this same session.
+        session.rollback()
+        existing = _run_by_key(session, user_id, idempotency_key) if idempotency_key is not None else None
+        if existing is None:
+            raise
+        return _run_info(existing, name), None
+    # The reference the publish needs, built here as the scheduler builds its own: no re-read.
+    return _run_info(run, name), RunRef(run.run_id, name, user_id)
 
 
 def get_run(run_id: uuid.UUID | str) -> RunInfo:

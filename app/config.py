@@ -268,11 +268,6 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def is_sqlite(self) -> bool:
-        """True when the database is the embedded SQLite default (or another SQLite file)."""
-        return self.database_url.startswith("sqlite")
-
-    @property
     def max_concurrency_overrides(self) -> dict[str, int | None]:
         """FIRST_SIP_MAX_CONCURRENCY as plugin -> cap (None: no cap, whatever the manifest says)."""
         return parse_caps(self.max_concurrency)

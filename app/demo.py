@@ -32,7 +32,7 @@ from rich.markdown import Markdown
 
 from app.config import EMBEDDED_DATABASE_URL, VAR_DIR
 from app.errors import FirstSipError
-from app.local_processes import Supervisor, SupervisorError, free_port
+from app.local_processes import Supervisor, free_port
 
 DEMO_EMAIL = "demo@first-sip.local"
 DEMO_PLUGIN = "daily-news-digest"
@@ -251,7 +251,7 @@ def run_demo(*, timeout: float = 300.0, verbose: bool = False) -> int:
         console.print(brief, soft_wrap=True, markup=False, highlight=False)
         console.rule()
         return 0
-    except (FirstSipError, SupervisorError) as exc:
+    except FirstSipError as exc:  # SupervisorError included
         console.print(f"[red]demo failed:[/] {exc}")
         return 1
     except Exception as exc:  # e.g. the database refused: one line, the logs have the rest

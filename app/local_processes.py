@@ -17,8 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.errors import FirstSipError
 
-class SupervisorError(RuntimeError):
+
+class SupervisorError(FirstSipError):
     """A child did not become ready, or exited early; the message holds its log tail."""
 
 

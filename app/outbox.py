@@ -1,8 +1,9 @@
 """The transactional outbox: ``plugin_runs`` rows are the truth, stream entries follow them.
 
-Guarantees:
+Guarantees (every publisher commits its rows before it publishes them, so no
+entry ever names a run without a row; this module repairs what a crash in
+between, or a lost entry, leaves behind):
 
-* :func:`publish_run_ids` publishes committed rows (never an id without a row).
 * :func:`sweep` re-publishes every run that should have a live stream entry
   but may not: ``pending`` rows older than ``OUTBOX_GRACE_SECONDS`` (a crash
   between commit and publish), ``pending`` retries whose ``next_attempt_at``
@@ -19,8 +20,7 @@ Guarantees:
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select
@@ -76,14 +76,6 @@ def _pages(where: object, page_size: int) -> Iterator[list[Candidate]]:
         if len(rows) < page_size:
             return
         after = rows[-1][0]
-
-
-def publish_run_ids(run_ids: Sequence[uuid.UUID], *, now: datetime) -> int:
-    """Publish the named runs (one pipeline); returns how many entries were added."""
-    if not run_ids:
-        return 0
-    with session_scope() as session:
-        return len(producer.publish_run_ids(session, run_ids, now=now))
 
 
 def _entries_alive(candidates: list[Candidate]) -> list[bool]:

@@ -21,12 +21,14 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from app.errors import FirstSipError
+
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _MAX_GAP_MINUTES = 24 * 60  # no zone has skipped a whole day since 2011 (Samoa); stop there
 
 
-class ScheduleError(ValueError):
-    """Settings or time zone do not describe a valid schedule."""
+class ScheduleError(FirstSipError, ValueError):
+    """Settings or time zone do not describe a valid schedule (a ``ValueError``: bad input)."""
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def _one_crew(index: int) -> None:
     ctx = CrewContext.create(
         run_id=f"ceiling-{index}",
         plugin=plugin.name,
-        settings=validate_settings(plugin, SETTINGS),
+        settings=validate_settings(plugin.spec, SETTINGS),
         llm=make_llm(settings),
         folder=plugin.folder,
         crew_folder=entry_point_file(plugin)[0].parent,

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from app import api, keys
 from app.db.engine import session_scope
 from app.db.models import PluginRow, PluginRun, RunStatus, UserPluginConfig
-from app.errors import NotFoundError, PluginDisabledError, RunStateError, SettingsValidationError
+from app.errors import (
+    NotFoundError,
+    NotPublishedError,
+    PluginDisabledError,
+    RunStateError,
+    SettingsValidationError,
+)
 from app.plugins.registry import discover
 from app.plugins.sync import sync_plugins
 from tests.conftest import unique_email
@@ -144,6 +151,40 @@ def test_trigger_with_idempotency_key_returns_same_run(user, redis_client) -> No
     other = api.trigger_run(user.id, "api-plugin", idempotency_key="k-2")
     assert first.run_id == again.run_id != other.run_id
     assert redis_client.xlen(keys.stream("api-plugin")) == 2
+
+
+def test_trigger_loses_an_idempotency_race_to_the_winners_run(user, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """A concurrent trigger with the same key waits for the winner's commit, then returns its run."""
+    with session_scope() as session:
+        plugin_id = session.scalars(select(PluginRow.id).where(PluginRow.name == "api-plugin")).one()
+    winner = uuid.uuid4()
+    result: dict[str, object] = {}
+    with session_scope() as held:  # the winner: inserted, not yet committed
+        held.add(
+            PluginRun(run_id=winner, user_id=user.id, plugin_id=plugin_id, input={}, idempotency_key="race")
+        )
+        held.flush()
+        loser = threading.Thread(
+            target=lambda: result.update(run=api.trigger_run(user.id, "api-plugin", idempotency_key="race"))
+        )
+        loser.start()
+        # The loser's insert now waits on the unique index for the winner's transaction.
+        while not held.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted")):
+            loser.join(0.05)
+            assert loser.is_alive(), result
+    loser.join(30)
+    run = result["run"]
+    assert isinstance(run, api.RunInfo) and run.run_id == winner and run.status == RunStatus.PENDING
+    assert redis_client.xlen(keys.stream("api-plugin")) == 0  # the winner publishes its own run
+
+
+def test_trigger_refused_by_the_stream_keeps_the_run_pending(user, redis_client) -> None:  # type: ignore[no-untyped-def]
+    redis_client.set(keys.stream("api-plugin"), "not a stream")  # every XADD to it is WRONGTYPE
+    with pytest.raises(NotPublishedError, match="refused plugin 'api-plugin'") as exc:
+        api.trigger_run(user.id, "api-plugin")
+    assert (
+        api.get_run(str(exc.value.run_id)).status == RunStatus.PENDING
+    )  # the outbox sweep publishes it later
 
 
 def test_trigger_validates_overrides(user) -> None:  # type: ignore[no-untyped-def]

@@ -24,7 +24,6 @@ def test_database_url_rewritten(given: str, expected: str) -> None:
 def test_embedded_default_when_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DATABASE_URL")
     assert get_settings().database_url == EMBEDDED_DATABASE_URL
-    assert get_settings().is_sqlite
     monkeypatch.setenv("DATABASE_URL", "")
     get_settings.cache_clear()
     assert get_settings().database_url == EMBEDDED_DATABASE_URL

@@ -23,7 +23,7 @@ import redis
 
 from app.db.engine import session_scope
 from app.db.models import RunStatus, utcnow
-from app.streams.producer import publish_run_ids
+from app.streams.producer import load_refs, publish_runs
 from tests.conftest import TEST_DATABASE_URL
 from tests.processes import celery_worker
 from tests.test_consumer_process import WAIT, running, wait_until
@@ -182,7 +182,7 @@ def test_end_to_end_with_a_real_worker(db, redis_client: redis.Redis, tmp_path: 
     env = {"PLUGINS_DIR": PLUGINS_DIR}
     with celery_worker(env=env), running(**env) as (_consumer, _name):
         with session_scope() as session:
-            (published,) = publish_run_ids(session, [run_id], now=utcnow())
+            (published,) = publish_runs(session, load_refs(session, run_ids=[run_id]), now=utcnow())
         row = wait_for(run_id)
         assert row.status == RunStatus.COMPLETED, row.error_message
         assert row.stream_id == published.stream_id

@@ -202,7 +202,7 @@ def run_digest(settings: dict[str, object]) -> dict[str, object]:
     ctx = CrewContext.create(
         run_id="feeds-test",
         plugin=plugin.name,
-        settings=validate_settings(plugin, settings),
+        settings=validate_settings(plugin.spec, settings),
         llm=make_llm(),
         folder=plugin.folder,
         crew_folder=entry_point_file(plugin)[0].parent,

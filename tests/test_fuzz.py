@@ -72,7 +72,7 @@ def test_mutated_valid_manifest(key: str, value: Any, drop: bool) -> None:
 @given(JSON)
 def test_any_json_as_settings(value: Any) -> None:
     try:
-        effective = validate_settings(DIGEST, value)
+        effective = validate_settings(DIGEST.spec, value)
     except SettingsValidationError as exc:
         assert exc.errors and all(isinstance(e.path, str) and e.message for e in exc.errors)
     else:
@@ -87,7 +87,7 @@ def test_any_json_as_settings(value: Any) -> None:
 )
 def test_settings_near_the_schema(value: dict[str, Any]) -> None:
     try:
-        validate_settings(DIGEST, value)
+        validate_settings(DIGEST.spec, value)
     except SettingsValidationError as exc:
         paths = {e.path.split("/")[1] if e.path else "" for e in exc.errors}
         assert paths <= {*value.keys(), ""}

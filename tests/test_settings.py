@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 
 @pytest.fixture(scope="module")
 def digest():  # type: ignore[no-untyped-def]
-    return discover(ROOT / "plugins").plugins["daily-news-digest"]
+    return discover(ROOT / "plugins").plugins["daily-news-digest"].spec
 
 
 def test_defaults_applied_in_order(digest) -> None:  # type: ignore[no-untyped-def]
@@ -81,14 +81,14 @@ def test_settings_must_be_an_object(digest, bad) -> None:  # type: ignore[no-unt
 def test_additional_properties_false_honoured(make_plugin) -> None:  # type: ignore[no-untyped-def]
     plugin = load_plugin(make_plugin("strict"))
     with pytest.raises(SettingsValidationError) as exc:
-        validate_settings(plugin, {"extra": 1})
+        validate_settings(plugin.spec, {"extra": 1})
     assert [e.path for e in exc.value.errors] == [""]
     assert "'extra' was unexpected" in exc.value.errors[0].message
 
 
 def test_required_key_supplied_by_defaults_is_fine(make_plugin) -> None:  # type: ignore[no-untyped-def]
     plugin = load_plugin(make_plugin("defaults"))
-    assert validate_settings(plugin, None) == {
+    assert validate_settings(plugin.spec, None) == {
         "frequency": "daily",
         "preferred_time": "06:00",
         "topics": ["science"],
@@ -102,5 +102,14 @@ def test_pointer_escaping(make_plugin) -> None:  # type: ignore[no-untyped-def]
     }
     plugin = load_plugin(make_plugin("escape", schema=schema, default_config={}))
     with pytest.raises(SettingsValidationError) as exc:
-        validate_settings(plugin, {"a/b~c": "x"})
+        validate_settings(plugin.spec, {"a/b~c": "x"})
     assert exc.value.errors[0].path == "/a~1b~0c"
+
+
+def test_a_plugins_spec_and_fingerprint_are_computed_once() -> None:
+    plugin = discover(ROOT / "plugins").plugins["daily-news-digest"]
+    assert plugin.spec is plugin.spec  # the worker validates every run against it: not rebuilt per access
+    assert plugin.spec.validator is plugin.validator
+    assert "schema_fingerprint" not in vars(plugin)
+    fingerprint = plugin.schema_fingerprint
+    assert vars(plugin)["schema_fingerprint"] == fingerprint

@@ -21,12 +21,12 @@ from app.plugins.settings import ecma_pattern, validate_settings
 from app.plugins.sync import sync_plugins
 from tests.conftest import ROOT, VALID_SCHEMA, unique_email
 
-DIGEST = discover(ROOT / "plugins").plugins["daily-news-digest"]
+DIGEST = discover(ROOT / "plugins").plugins["daily-news-digest"].spec
 
 
-def _issues(plugin: Any, settings: Any) -> list[tuple[str, str]]:
+def _issues(spec: Any, settings: Any) -> list[tuple[str, str]]:
     with pytest.raises(SettingsValidationError) as caught:
-        validate_settings(plugin, settings)
+        validate_settings(spec, settings)
     return [(e.path, e.message) for e in caught.value.errors]
 
 
@@ -104,8 +104,8 @@ def test_every_declared_format_is_checked(make_plugin, fmt: str, good: str, bad:
     schema = copy.deepcopy(VALID_SCHEMA)
     schema["properties"]["value"] = {"type": "string", "format": fmt}
     plugin = load_plugin(make_plugin("fmt-plugin", schema=schema))
-    assert validate_settings(plugin, {"value": good})["value"] == good
-    assert [p for p, _m in _issues(plugin, {"value": bad})] == ["/value"]
+    assert validate_settings(plugin.spec, {"value": good})["value"] == good
+    assert [p for p, _m in _issues(plugin.spec, {"value": bad})] == ["/value"]
 
 
 def test_unknown_format_is_a_plugin_problem(make_plugin) -> None:  # type: ignore[no-untyped-def]
@@ -135,8 +135,8 @@ def test_local_refs_and_the_metaschema_still_work(make_plugin) -> None:  # type:
     schema["$defs"] = {"hhmm": {"type": "string", "pattern": "^[0-2][0-9]:[0-5][0-9]$"}}
     schema["properties"]["preferred_time"] = {"$ref": "#/$defs/hhmm"}
     plugin = load_plugin(make_plugin("ref-plugin", schema=schema))
-    assert validate_settings(plugin, {"preferred_time": "07:30"})
-    assert [p for p, _m in _issues(plugin, {"preferred_time": "07:30\n"})] == ["/preferred_time"]
+    assert validate_settings(plugin.spec, {"preferred_time": "07:30"})
+    assert [p for p, _m in _issues(plugin.spec, {"preferred_time": "07:30\n"})] == ["/preferred_time"]
 
 
 def test_what_validation_accepts_postgres_stores(db, redis_client) -> None:  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ from app.db.engine import session_scope
 from app.db.models import RunStatus
 from app.streams.envelope import Envelope, parse_entry
 from app.streams.groups import ensure_group
-from app.streams.producer import publish_run_ids, safe_min_id, trim_stream
+from app.streams.producer import load_refs, publish_runs, safe_min_id, trim_stream
 from tests.test_streams_support import T0, add_runs, publish, run_row, set_run
 
 
@@ -36,9 +36,9 @@ def test_publishing_twice_is_harmless_and_terminal_runs_are_skipped(db, redis_cl
     run_ids = add_runs("alpha", 3)
     set_run(run_ids[2], status=RunStatus.COMPLETED)
     with session_scope() as session:
-        first = publish_run_ids(session, run_ids, now=T0)
+        first = publish_runs(session, load_refs(session, run_ids=run_ids), now=T0)
     with session_scope() as session:
-        second = publish_run_ids(session, run_ids[:1], now=T0)
+        second = publish_runs(session, load_refs(session, run_ids=run_ids[:1]), now=T0)
     assert [p.run_id for p in first] == run_ids[:2]
     assert redis_client.xlen(keys.stream("alpha")) == 3
     # The row names the newest entry; the older one is acked by whoever meets it later.
@@ -47,7 +47,7 @@ def test_publishing_twice_is_harmless_and_terminal_runs_are_skipped(db, redis_cl
 
 
 def test_redis_failure_marks_nothing(db) -> None:  # type: ignore[no-untyped-def]
-    from app.streams.producer import RunRef, publish_runs
+    from app.streams.producer import RunRef
 
     dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     run_id = add_runs("alpha", 1)[0]

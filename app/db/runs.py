@@ -33,6 +33,7 @@ from sqlalchemy import Table, and_, bindparam, func, literal_column, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
+from app.db.bulk import mark_queued_pg
 from app.db.models import TERMINAL_STATUSES, PluginRow, PluginRun, RunStatus
 
 # Core UPDATEs on the table, not the ORM entity: the ORM's bulk-update path (session sync,
@@ -269,9 +270,7 @@ def mark_queued(session: Session, entries: Iterable[tuple[uuid.UUID, str]], *, n
     if not params:
         return 0
     if session.get_bind().dialect.name == "postgresql":
-        from app.db.bulk import mark_queued_pg  # one statement per batch on the publish hot path
-
-        return mark_queued_pg(session, params, now=now)
+        return mark_queued_pg(session, params, now=now)  # one statement per batch on the publish hot path
     stmt = (
         update(PluginRun.__table__)  # type: ignore[arg-type]
         .where(

@@ -26,15 +26,15 @@ from crewai.hooks import register_before_llm_call_hook, register_before_tool_cal
 from crewai.hooks.dispatch import HookAborted
 from crewai.llms.hooks.base import BaseInterceptor
 
-from app.errors import CallRefused
+from app.errors import CallRefused, FirstSipError
 from app.execution import gates
 
 _installed = False
 _install_lock = threading.Lock()
 
 
-class GateRefused(HookAborted):
-    """CrewAI's form of a gate's refusal; ``__cause__`` is the :class:`CallRefused`."""
+class GateRefused(HookAborted, FirstSipError):
+    """CrewAI's form of a gate's refusal (a ``HookAborted``); ``__cause__`` is the :class:`CallRefused`."""
 
 
 def _abort(exc: CallRefused) -> GateRefused:

@@ -59,7 +59,7 @@ def _build(folder: Path) -> dict[str, Any]:
             ctx = CrewContext.create(
                 run_id="build-check",
                 plugin=plugin.name,
-                settings=validate_settings(plugin, None),
+                settings=validate_settings(plugin.spec, None),
                 llm=OfflineLLM(model=OFFLINE_MODEL),
                 folder=plugin.folder,
                 crew_folder=entry_point_file(plugin)[0].parent,

@@ -223,7 +223,7 @@ def _run_leased(claimed: runs.ClaimedRun, settings: Settings, attempt: Attempt, 
         plugin = find_plugin(claimed.plugin, settings.plugins_dir)
         slot.hold(plugin_cap(plugin.name, plugin.manifest.max_concurrency, settings))
         crew_folder = entry_point_file(plugin)[0].parent
-        effective = validate_settings(plugin, claimed.input)
+        effective = validate_settings(plugin.spec, claimed.input)
         timeout = settings.run_timeout(plugin.manifest.timeout_seconds)
         attempt.llm = make_llm(settings, run_timeout=timeout)
     except SettingsValidationError as exc:

@@ -51,7 +51,7 @@ def _migrate(
         return None, f"settings_migrator raised {type(exc).__name__}: {exc}"
     if not isinstance(migrated, dict):
         return None, f"settings_migrator returned {type(migrated).__name__}, not an object"
-    issues = validation_issues(plugin, effective_settings(plugin, migrated))
+    issues = validation_issues(plugin.spec, effective_settings(plugin.spec, migrated))
     if issues:
         return None, "migrated settings still invalid: " + "; ".join(str(i) for i in issues[:5])
     return migrated, ""
@@ -71,7 +71,7 @@ def reconcile_configs(session: Session, row: PluginRow, plugin: Plugin, report: 
     now = utcnow()
     for config, timezone in configs:
         label = f"{plugin.name}:{config.user_id}"
-        issues = validation_issues(plugin, effective_settings(plugin, config.settings))
+        issues = validation_issues(plugin.spec, effective_settings(plugin.spec, config.settings))
         if not issues:
             report.revalidated.append(label)
         else:
@@ -95,7 +95,7 @@ def reconcile_configs(session: Session, row: PluginRow, plugin: Plugin, report: 
         if plugin.manifest.is_scheduled:
             try:
                 config.next_run_at = next_run_at(
-                    effective_settings(plugin, config.settings), timezone, after=now
+                    effective_settings(plugin.spec, config.settings), timezone, after=now
                 )
             except ScheduleError:
                 config.next_run_at = None

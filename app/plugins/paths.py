@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+from app.errors import FirstSipError
 
-class PathEscapeError(ValueError):
-    """A plugin-supplied path points outside the plugin folder."""
+
+class PathEscapeError(FirstSipError, ValueError):
+    """A plugin-supplied path points outside the plugin folder (a ``ValueError``: bad input)."""
 
 
 def resolve_inside(folder: Path, relative: str) -> Path:

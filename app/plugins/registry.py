@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +60,15 @@ class Plugin:
         """The plugin's name (equal to its folder name)."""
         return self.manifest.name
 
-    @property
+    # Computed once per loaded plugin (a frozen dataclass still has a __dict__ for the cache):
+    # the worker validates every run's settings against the spec.
+
+    @cached_property
     def schema_fingerprint(self) -> str:
         """A short stable hash of the settings schema: changes when the schema changes."""
         return fingerprint(self.settings_schema)
 
-    @property
+    @cached_property
     def spec(self) -> SettingsSpec:
         """What settings validation needs from this plugin."""
         return SettingsSpec(
@@ -227,7 +231,7 @@ def load_plugin(folder: Path) -> Plugin:
         compile_validator(schema),
     )
     # default_config is checked as it will be used: merged over the schema's defaults.
-    issues = validation_issues(plugin, effective_settings(plugin, None))
+    issues = validation_issues(plugin.spec, effective_settings(plugin.spec, None))
     if issues:
         raise PluginError(
             [

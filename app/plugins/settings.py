@@ -6,9 +6,10 @@ values. Validation runs on the effective settings, so ``required`` keys that a
 default supplies are satisfied and ``additionalProperties: false`` still
 rejects a user's unknown key.
 
-Validation works from a :class:`SettingsSpec`: a loaded plugin has one, and so
-does a ``plugins`` row (:func:`spec_from_row`), so light processes validate
-against the schema stored in the database without reading plugin folders.
+Validation works from a :class:`SettingsSpec`: a loaded plugin has one
+(``Plugin.spec``, built once), and so does a ``plugins`` row
+(:func:`spec_from_row`), so light processes validate against the schema stored
+in the database without reading plugin folders.
 
 Validation agrees with storage: a value PostgreSQL could not store (NUL or a
 lone surrogate in a string or key, NaN or Infinity, nesting deeper than 64
@@ -44,7 +45,6 @@ from app.plugins.jsonsafe import clip, pointer, storage_problems
 
 if TYPE_CHECKING:
     from app.db.models import PluginRow
-    from app.plugins.registry import Plugin
 
 
 @dataclass(frozen=True)
@@ -168,13 +168,8 @@ def spec_from_row(row: PluginRow) -> SettingsSpec:
     return SettingsSpec(row.name, row.settings_schema, dict(row.default_config), _cached_validator(canonical))
 
 
-def _spec(target: Plugin | SettingsSpec) -> SettingsSpec:
-    return target if isinstance(target, SettingsSpec) else target.spec
-
-
-def effective_settings(target: Plugin | SettingsSpec, settings: dict[str, Any] | None) -> dict[str, Any]:
+def effective_settings(spec: SettingsSpec, settings: dict[str, Any] | None) -> dict[str, Any]:
     """Merge schema defaults, the plugin's default_config and ``settings`` (not validated)."""
-    spec = _spec(target)
     merged: dict[str, Any] = {}
     for key, prop in (spec.schema.get("properties") or {}).items():
         if isinstance(prop, dict) and "default" in prop:
@@ -210,14 +205,14 @@ def storage_issues(settings: Any) -> list[SettingsIssue]:
     return sorted(issues, key=lambda i: (i.path, i.message))
 
 
-def validation_issues(target: Plugin | SettingsSpec, settings: Any) -> list[SettingsIssue]:
+def validation_issues(spec: SettingsSpec, settings: Any) -> list[SettingsIssue]:
     """Every reason ``settings`` (as given, no defaults applied) fails, sorted by path.
 
     Values that could not be stored are reported instead of schema errors (the
     schema is not applied to them). A schema whose ``$ref`` cannot be resolved
     locally raises :class:`PluginError` naming the reference.
     """
-    return storage_issues(settings) or _schema_issues(_spec(target), settings)
+    return storage_issues(settings) or _schema_issues(spec, settings)
 
 
 def _schema_issues(spec: SettingsSpec, settings: Any) -> list[SettingsIssue]:
@@ -232,13 +227,12 @@ def _schema_issues(spec: SettingsSpec, settings: Any) -> list[SettingsIssue]:
     return sorted(issues, key=lambda i: (i.path, i.message))
 
 
-def validate_settings(target: Plugin | SettingsSpec, settings: dict[str, Any] | None) -> dict[str, Any]:
+def validate_settings(spec: SettingsSpec, settings: dict[str, Any] | None) -> dict[str, Any]:
     """Return the effective settings, guaranteed valid against the plugin's schema.
 
     Raises :class:`SettingsValidationError` carrying *all* errors, each with a
     JSON-pointer path. ``settings`` itself is never modified.
     """
-    spec = _spec(target)
     if settings is not None and not isinstance(settings, dict):
         raise SettingsValidationError(
             spec.plugin, [SettingsIssue("", f"settings must be a JSON object, got {type(settings).__name__}")]

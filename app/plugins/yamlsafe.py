@@ -36,6 +36,8 @@ from yaml.reader import Reader
 from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
 
+from app.errors import FirstSipError
+
 #: Deeper documents are refused before PyYAML's recursive composer could overflow the stack.
 MAX_DEPTH = 64
 
@@ -49,7 +51,7 @@ _FLOAT = re.compile(
 )
 
 
-class YamlError(ValueError):
+class YamlError(FirstSipError, ValueError):
     """A YAML document this loader refuses; ``line`` is 1-based when known, ``key`` names a key."""
 
     def __init__(self, message: str, *, line: int | None = None, key: str = "") -> None:

@@ -126,13 +126,6 @@ def load_refs(
     return [RunRef(r.run_id, r.name, r.user_id, r.attempts + 1) for r in session.execute(query)]
 
 
-def publish_run_ids(
-    session: Session, run_ids: Iterable[uuid.UUID], *, now: datetime, client: redis.Redis | None = None
-) -> list[Published]:
-    """Publish the named runs that are not terminal (terminal ones are skipped)."""
-    return publish_runs(session, load_refs(session, run_ids=run_ids), now=now, client=client)
-
-
 @dataclass(frozen=True)
 class TrimResult:
     """What one trim did: the MINID used (None: nothing may be trimmed) and entries removed."""
