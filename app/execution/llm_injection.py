@@ -32,6 +32,10 @@ from typing import Any
 
 #: Crew-level fields that name a model; they are set to the run's LLM when a crew sets them.
 CREW_LLM_FIELDS = ("manager_llm", "planning_llm", "function_calling_llm", "chat_llm")
+#: Agent fields that name a model.
+AGENT_LLM_FIELDS = ("llm", "function_calling_llm")
+#: Every CrewAI field (agent or crew) that names a model: what a plugin's YAML may not set.
+MODEL_FIELDS = tuple(dict.fromkeys((*AGENT_LLM_FIELDS, *CREW_LLM_FIELDS)))
 
 
 @dataclass
