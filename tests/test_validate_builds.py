@@ -19,7 +19,7 @@ from sqlalchemy import select
 from app.db.engine import session_scope
 from app.db.models import PluginRow
 from app.plugins.scaffold import scaffold
-from app.plugins.sync import REJECTED_PREFIX
+from app.plugins.sync import BUILD_REJECTED_PREFIX, REJECTED_PREFIX
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -164,3 +164,35 @@ def test_release_disables_a_plugin_whose_crew_stopped_building_and_syncs_the_oth
     reason = rows["flaky"].disabled_reason or ""
     assert reason.startswith(REJECTED_PREFIX)
     assert "cannot import crew/crew.py: module 'not_installed_anywhere' is not installed" in reason
+
+
+def test_sync_and_release_agree_a_plugin_whose_crew_does_not_build_stays_disabled(
+    db: str, plugins_root: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "plugins"
+    root.mkdir()
+    shutil.copytree(plugins_root / "broken-import", root / "broken-import")
+    env = {"PLUGINS_DIR": str(root)}
+
+    def row() -> PluginRow:
+        with session_scope() as session:
+            found = session.scalars(select(PluginRow).where(PluginRow.name == "broken-import")).one()
+            session.expunge(found)
+            return found
+
+    first = cli("plugins", "sync", cwd=tmp_path, env=env)  # no build check: inserted, enabled
+    assert first.returncode == 0 and "inserted: broken-import" in first.stdout, first.stdout + first.stderr
+    released = cli("release", cwd=tmp_path, env=env)
+    assert released.returncode == 0 and "disabled: broken-import" in released.stdout, released.stdout
+    reason = row().disabled_reason
+    assert reason is not None and reason.startswith(BUILD_REJECTED_PREFIX)
+    again = cli("plugins", "sync", cwd=tmp_path, env=env)  # must not undo what release decided
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "kept disabled (its crew did not build at the last check): broken-import" in again.stdout
+    assert not row().enabled and row().disabled_reason == reason
+    checked = cli("plugins", "sync", "--build", cwd=tmp_path, env=env)  # the same check as release
+    assert checked.returncode == 0 and "no changes" in checked.stdout, checked.stdout + checked.stderr
+    edit(root / "broken-import" / "crew" / "crew.py", "import not_installed_anywhere\n", "")
+    fixed = cli("plugins", "sync", "--build", cwd=tmp_path, env=env)
+    assert "re-enabled: broken-import" in fixed.stdout, fixed.stdout + fixed.stderr
+    assert row().enabled and row().disabled_reason is None

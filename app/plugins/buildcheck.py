@@ -115,5 +115,6 @@ def check_registry(registry: Registry, *, timeout: float) -> list[str]:
     for name, result in sorted(results.items()):
         notes.extend(f"note: {name}: {note}" for note in result.notes)
         if not result.ok:
-            registry.reject(name, result.problems)
+            registry.reject(name, result.problems, build=True)
+    registry.build_checked = True
     return notes
