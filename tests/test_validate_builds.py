@@ -196,3 +196,24 @@ def test_sync_and_release_agree_a_plugin_whose_crew_does_not_build_stays_disable
     fixed = cli("plugins", "sync", "--build", cwd=tmp_path, env=env)
     assert "re-enabled: broken-import" in fixed.stdout, fixed.stdout + fixed.stderr
     assert row().enabled and row().disabled_reason is None
+
+
+def test_a_check_that_cannot_run_shows_one_reason_line_and_logs_the_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from app.plugins import buildcheck
+    from app.plugins.registry import load_plugin
+
+    (tmp_path / "boom_check.py").write_text(
+        "def _deep():\n    raise RuntimeError('the check broke')\n\n\n_deep()\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr(buildcheck, "DRYRUN_MODULE", "boom_check")
+    plugin = load_plugin(scaffold(tmp_path / "plugins", "good"))
+    with caplog.at_level(logging.DEBUG, logger="app.plugins.buildcheck"):
+        with pytest.raises(buildcheck.BuildCheckError) as info:
+            buildcheck.check_builds([plugin], timeout=30)
+    assert str(info.value) == "the build check could not run: RuntimeError: the check broke"
+    assert "Traceback (most recent call last)" in caplog.text and "_deep" in caplog.text

@@ -14,7 +14,8 @@ folder) and evicts what it built. Nothing is kicked off.
 
 One line per plugin is printed on stdout: :data:`RESULT_PREFIX` then JSON
 ``{"folder", "plugin", "ok", "problems": [{"file", "key", "message", "line"}],
-"notes"}``. A plugin's own prints go to /dev/null.
+"notes"}`` (and ``"traceback"`` when the build raised unexpectedly: for the
+caller's debug log, never shown as the reason). A plugin's own prints go to /dev/null.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,7 @@ def _build(folder: Path) -> dict[str, Any]:
         at = f" (at {where})" if where else ""
         message = f"building the crew failed: {type(exc).__name__}: {exc}{at}"
         result["problems"] = [_problem(str(folder / "plugin.yaml"), message, "entry_point")]
+        result["traceback"] = traceback.format_exc(limit=-30)  # for the caller's debug log only
     return result
 
 

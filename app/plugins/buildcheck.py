@@ -7,12 +7,15 @@ current directory so nothing a plugin writes at import time lands in the
 caller's. Guarantees: one :class:`BuildResult` per plugin asked about; a
 plugin the subprocess never reported on (it crashed, or the whole check ran
 out of time) gets a problem saying so. :class:`BuildCheckError` means the
-check itself could not run (the deploy must stop, not skip the check).
+check itself could not run (the deploy must stop, not skip the check); its
+message is one line (the failure's last line), the whole traceback goes to
+this module's debug log, as does the traceback of a plugin whose build raised.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -26,8 +29,14 @@ from app.errors import FirstSipError, Problem
 if TYPE_CHECKING:
     from app.plugins.registry import Plugin, Registry
 
+log = logging.getLogger(__name__)
+
 #: Must equal ``app.execution.dryrun.RESULT_PREFIX`` (not imported: that module is the child's).
 RESULT_PREFIX = "FIRST-SIP-BUILD-CHECK "
+#: The module the subprocess runs (``python -m``).
+DRYRUN_MODULE = "app.execution.dryrun"
+#: Characters of the one reason line a user sees when the check cannot run.
+MAX_REASON_CHARS = 300
 #: Seconds the subprocess may spend importing CrewAI before the first plugin.
 STARTUP_SECONDS = 120.0
 
@@ -72,7 +81,16 @@ def _parse(stdout: str) -> dict[str, dict[str, object]]:
     return results
 
 
+def _reason(stderr: str) -> str:
+    """The one line worth showing of a failed subprocess: the last line it wrote (the exception)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    return last if len(last) <= MAX_REASON_CHARS else last[: MAX_REASON_CHARS - 1] + "…"
+
+
 def _result(name: str, data: dict[str, object] | None, folder: Path, why_missing: str) -> BuildResult:
+    if data is not None and data.get("traceback"):
+        log.debug("plugin %s: building its crew failed:\n%s", name, data["traceback"])
     if data is None:
         return BuildResult(name, [Problem(str(folder / "plugin.yaml"), "entry_point", why_missing)])
     problems = [Problem(**p) for p in data.get("problems") or []]  # type: ignore[attr-defined]
@@ -84,7 +102,7 @@ def check_builds(plugins: list[Plugin], *, timeout: float) -> dict[str, BuildRes
     if not plugins:
         return {}
     folders = {str(p.folder.resolve()): p for p in plugins}
-    command = [sys.executable, "-m", "app.execution.dryrun", "--timeout", str(timeout), *folders]
+    command = [sys.executable, "-m", DRYRUN_MODULE, "--timeout", str(timeout), *folders]
     limit = STARTUP_SECONDS + (timeout + 5) * len(plugins)
     with tempfile.TemporaryDirectory(prefix="first-sip-build-check-") as scratch:
         try:
@@ -93,8 +111,11 @@ def check_builds(plugins: list[Plugin], *, timeout: float) -> dict[str, BuildRes
             )
             stdout, why = proc.stdout, f"the build check exited with status {proc.returncode}"
             if proc.returncode != 0 and RESULT_PREFIX not in stdout:
-                tail = " ".join(proc.stderr.strip().splitlines()[-3:])
-                raise BuildCheckError(f"the build check could not run: {tail or why}")
+                # The traceback is for the operator's debug log; the user gets its last line.
+                log.debug(
+                    "the build check exited with status %s; its stderr:\n%s", proc.returncode, proc.stderr
+                )
+                raise BuildCheckError(f"the build check could not run: {_reason(proc.stderr) or why}")
         except subprocess.TimeoutExpired as exc:
             out = exc.stdout
             stdout = out.decode() if isinstance(out, bytes) else (out or "")
