@@ -217,3 +217,50 @@ def test_a_check_that_cannot_run_shows_one_reason_line_and_logs_the_traceback(
             buildcheck.check_builds([plugin], timeout=30)
     assert str(info.value) == "the build check could not run: RuntimeError: the check broke"
     assert "Traceback (most recent call last)" in caplog.text and "_deep" in caplog.text
+
+
+def _dead(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")  # killed, not yet reaped by whoever adopted it
+
+
+def test_processes_a_plugin_starts_and_memory_it_eats_at_import_stay_in_its_own_check(
+    plugins_root: Path, tmp_path: Path
+) -> None:
+    from app.plugins import buildcheck
+    from app.plugins.registry import load_plugin
+
+    root = tmp_path / "plugins"
+    root.mkdir()
+    shutil.copytree(plugins_root / "good", root / "good")
+    pidfile = tmp_path / "sleeper.pid"
+    forks = variant(root, "forks-a-sleeper")
+    edit(
+        forks / "crew" / "crew.py",
+        "from crewai import",
+        "import os, time\n"
+        "_child = os.fork()\n"
+        "if _child == 0:\n"
+        "    time.sleep(600)\n"
+        "    os._exit(0)\n"
+        f"open({str(pidfile)!r}, 'w').write(str(_child))\n"
+        "from crewai import",
+    )
+    hog = variant(root, "eats-memory")
+    edit(
+        hog / "crew" / "crew.py",
+        "from crewai import",
+        "_blocks = []\nwhile True:\n    _blocks.append(bytearray(64 * 1024 * 1024))\nfrom crewai import",
+    )
+    plugins = [load_plugin(root / name) for name in ("eats-memory", "forks-a-sleeper", "good")]
+    results = buildcheck.check_builds(plugins, timeout=120, memory_mb=512)
+    # The sleeper kept the result pipe open: the check reads the result line, not to EOF,
+    # then kills the plugin's whole process group.
+    assert results["forks-a-sleeper"].ok, results["forks-a-sleeper"].problems
+    assert _dead(int(pidfile.read_text()))
+    assert results["good"].ok
+    [problem] = results["eats-memory"].problems
+    assert "MemoryError" in problem.message or "died while building" in problem.message
