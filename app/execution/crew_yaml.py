@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from app.errors import PermanentError
 from app.execution import llm_injection
 from app.execution.run_tools import FETCH_TOOL_NAME, fetch_tool
-from app.execution.shared_worker import AGENT_REFUSED, DATA_REASON, MODEL_REASON
+from app.execution.shared_worker import AGENT_REFUSED, DATA_REASON, HUMAN_INPUT_REASON, MODEL_REASON
 from app.execution.workdir import check_relative
 from app.plugins import yamlsafe
 from app.plugins.paths import PathEscapeError, resolve_inside
@@ -84,7 +84,7 @@ REFUSED = {
     **AGENT_REFUSED,
     "memory": DATA_REASON,
     "from_repository": "it downloads an agent definition at run time",
-    "human_input": "nobody can answer a worker's prompt",
+    "human_input": HUMAN_INPUT_REASON,
     "step_callback": "Python hooks by name are not supported here; use a @CrewBase class",
     "callbacks": "Python hooks by name are not supported here; use a @CrewBase class",
     "callback": "Python hooks by name are not supported here; use a @CrewBase class",

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from app.errors import PermanentError
 from app.execution import run_tools
 from app.execution.llm_injection import AGENT_LLM_FIELDS
-from app.execution.shared_worker import AGENT_REFUSED
+from app.execution.shared_worker import AGENT_REFUSED, HUMAN_INPUT_REASON
 from app.execution.workdir import check_relative
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ def check_class(cls: type, folder: Path) -> list[str]:
             if body.get(key):
                 _check_refs(tasks_label, name, key, body[key], names[kind], kind)
         if body.get("human_input"):
-            raise PermanentError(f"{tasks_label}: {name}.human_input: nobody can answer a worker's prompt")
+            raise PermanentError(f"{tasks_label}: {name}.human_input: {HUMAN_INPUT_REASON}")
         output_file = body.get("output_file")
         if isinstance(output_file, str) and (problem := check_relative(output_file)):
             raise PermanentError(f"{tasks_label}: {name}.output_file {problem}")

@@ -37,10 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import PermanentError, PluginError
-
-RESULT_PREFIX = "FIRST-SIP-BUILD-CHECK "
-#: Address space a plugin's build may add to the checker's (MiB) before its allocations fail.
-DEFAULT_MEMORY_MB = 1024
+from app.plugins.buildcheck import MEMORY_LIMIT_MB, RESULT_PREFIX
+from app.plugins.manifest import MANIFEST_FILE
 
 
 def _problem(file: str, message: str, key: str = "") -> dict[str, Any]:
@@ -87,12 +85,12 @@ def _build(folder: Path) -> dict[str, Any]:
     except PluginError as exc:
         result["problems"] = [asdict(p) for p in exc.problems]
     except PermanentError as exc:
-        result["problems"] = [_problem(str(folder / "plugin.yaml"), str(exc), "entry_point")]
+        result["problems"] = [_problem(str(folder / MANIFEST_FILE), str(exc), "entry_point")]
     except Exception as exc:  # plugin code: any failure is this plugin's problem
         where = _origin(folder, exc)
         at = f" (at {where})" if where else ""
         message = f"building the crew failed: {type(exc).__name__}: {exc}{at}"
-        result["problems"] = [_problem(str(folder / "plugin.yaml"), message, "entry_point")]
+        result["problems"] = [_problem(str(folder / MANIFEST_FILE), message, "entry_point")]
         result["traceback"] = traceback.format_exc(limit=-30)  # for the caller's debug log only
     return result
 
@@ -205,7 +203,7 @@ def _forked(folder: Path, timeout: float, memory_bytes: int) -> dict[str, Any]:
 
 
 def _failed(folder: Path, message: str) -> dict[str, Any]:
-    problem = _problem(str(folder / "plugin.yaml"), message, "entry_point")
+    problem = _problem(str(folder / MANIFEST_FILE), message, "entry_point")
     return {"folder": str(folder), "plugin": folder.name, "ok": False, "notes": [], "problems": [problem]}
 
 
@@ -213,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     """Check every folder given; print one result line each."""
     parser = argparse.ArgumentParser(prog="python -m app.execution.dryrun")
     parser.add_argument("--timeout", type=float, default=60.0)
-    parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB)
+    parser.add_argument("--memory-mb", type=int, default=MEMORY_LIMIT_MB)
     parser.add_argument("folders", nargs="*", type=Path)
     args = parser.parse_args(argv)
     from app.execution import runtime

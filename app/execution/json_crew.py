@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import PermanentError
-from app.execution.shared_worker import AGENT_REFUSED, CREW_REFUSED
+from app.execution.shared_worker import AGENT_REFUSED, CREW_REFUSED, HUMAN_INPUT_REASON
 
 _load_lock = threading.Lock()
 
@@ -77,7 +77,5 @@ def load(path: Path, *, folder: Path) -> tuple[Any, dict[str, Any]]:
     for index, task in enumerate(crew.tasks):
         if getattr(task, "human_input", False):
             name = task.name or f"tasks[{index}]"
-            raise PermanentError(
-                f"{_relative(str(path), folder)}: {name}.human_input: nobody can answer a worker's prompt"
-            )
+            raise PermanentError(f"{_relative(str(path), folder)}: {name}.human_input: {HUMAN_INPUT_REASON}")
     return crew, dict(defaults or {})

@@ -27,6 +27,7 @@ PROVIDER_REASON = (
     "it makes CrewAI call an embedding provider and keep a vector store in the worker's shared data folder"
 )
 CODE_REASON = "it runs generated code in the worker"
+HUMAN_INPUT_REASON = "nobody can answer a worker's prompt"
 
 #: Agent fields (YAML keys and attributes) a plugin may not set, and why.
 AGENT_REFUSED = {

@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.errors import FirstSipError, Problem
+from app.plugins.manifest import MANIFEST_FILE
 
 if TYPE_CHECKING:
     from app.plugins.registry import Plugin, Registry
 
 log = logging.getLogger(__name__)
 
-#: Must equal ``app.execution.dryrun.RESULT_PREFIX`` (not imported: that module is the child's).
+#: Starts each result line the subprocess (:mod:`app.execution.dryrun`) prints; it imports this one.
 RESULT_PREFIX = "FIRST-SIP-BUILD-CHECK "
 #: The module the subprocess runs (``python -m``).
 DRYRUN_MODULE = "app.execution.dryrun"
@@ -99,7 +100,7 @@ def _result(name: str, data: dict[str, object] | None, folder: Path, why_missing
     if data is not None and data.get("traceback"):
         log.debug("plugin %s: building its crew failed:\n%s", name, data["traceback"])
     if data is None:
-        return BuildResult(name, [Problem(str(folder / "plugin.yaml"), "entry_point", why_missing)])
+        return BuildResult(name, [Problem(str(folder / MANIFEST_FILE), "entry_point", why_missing)])
     problems = [Problem(**p) for p in data.get("problems") or []]  # type: ignore[attr-defined]
     return BuildResult(name, problems, list(data.get("notes") or []))  # type: ignore[call-overload]
 
