@@ -293,3 +293,19 @@ def test_sweep_removes_only_stale_run_folders(tmp_path: Path) -> None:
     os.utime(other, (0, 0))
     assert workdir.sweep(tmp_path, older_than=3600) == 1
     assert not stale.exists() and fresh.exists() and other.exists()
+
+
+# ---- one source for facts several modules use -----------------------------------------------------
+
+
+def test_model_fields_are_crewais_and_one_list_serves_injection_validation_and_yaml() -> None:
+    from crewai import Agent, Crew
+
+    from app.execution import crew_yaml, dryrun, llm_injection
+    from app.plugins import buildcheck
+
+    assert set(llm_injection.AGENT_LLM_FIELDS) == {n for n in Agent.model_fields if n.endswith("llm")}
+    assert set(llm_injection.CREW_LLM_FIELDS) == {n for n in Crew.model_fields if n.endswith("llm")}
+    assert set(llm_injection.MODEL_FIELDS) <= set(crew_yaml.REFUSED)  # chat_llm was missing
+    assert dryrun.RESULT_PREFIX is buildcheck.RESULT_PREFIX
+    assert dryrun.MEMORY_LIMIT_MB is buildcheck.MEMORY_LIMIT_MB

@@ -277,6 +277,109 @@ def test_crewbase_yaml_problems_name_file_and_key(
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("knowledge_sources", "[notes]", "an embedding provider"),
+        ("embedder", "{provider: openai}", "an embedding provider"),
+        ("allow_code_execution", "true", "runs generated code"),
+    ],
+)
+def test_crewbase_agents_yaml_options_unsafe_in_a_shared_worker_are_refused(
+    projects: Path, tmp_path: Path, key: str, value: str, reason: str
+) -> None:
+    folder = copy_project(projects, "newsroom", tmp_path)
+    agents = folder / "src/newsroom/config/agents.yaml"
+    agents.write_text(agents.read_text().replace("researcher:\n", f"researcher:\n  {key}: {value}\n"))
+    plugin = load_plugin(folder)
+    with pytest.raises(PermanentError) as info:
+        entry.build(plugin, context(plugin, tmp_path))
+    assert f"src/newsroom/config/agents.yaml: researcher.{key}: not allowed: " in str(info.value)
+    assert reason in str(info.value)
+
+
+UNSAFE_FUNCTION_CREW = """\
+from crewai import Agent, Crew, Task
+
+
+def build_crew(ctx):
+    agent = Agent(role="Analyst", goal="g", backstory="b", llm=ctx.llm, **AGENT)
+    task = Task(description="Brief {topics}.", expected_output="A brief.", agent=agent)
+    crew = Crew(agents=[agent], tasks=[task], **CREW)
+    return ctx.plan(crew, {"topics": "science"})
+"""
+
+
+@pytest.mark.parametrize(
+    ("agent", "crew", "message"),
+    [
+        (
+            {},
+            {"embedder": {"provider": "openai"}},
+            "crew/main.py: crew.embedder: not allowed: it makes CrewAI",
+        ),
+        (
+            {"allow_code_execution": True},
+            {},
+            "crew/main.py: agent 'Analyst'.allow_code_execution: not allowed: it runs generated code",
+        ),
+        ({"embedder": {"provider": "openai"}}, {}, "crew/main.py: agent 'Analyst'.embedder: not allowed"),
+    ],
+)
+def test_function_crews_with_options_unsafe_in_a_shared_worker_are_refused(
+    make_plugin: Callable[..., Path],
+    tmp_path: Path,
+    agent: dict[str, Any],
+    crew: dict[str, Any],
+    message: str,
+) -> None:
+    code = UNSAFE_FUNCTION_CREW.replace("**AGENT", f"**{agent!r}").replace("**CREW", f"**{crew!r}")
+    plugin = load_plugin(make_plugin("unsafe", crew=code))
+    with pytest.raises(PermanentError) as info:
+        entry.build(plugin, context(plugin, tmp_path))
+    assert message in str(info.value)
+
+
+def test_planning_and_memory_are_made_safe_whatever_built_the_crew(
+    make_plugin: Callable[..., Path], tmp_path: Path
+) -> None:
+    code = UNSAFE_FUNCTION_CREW.replace("**AGENT", "**{}").replace(
+        "**CREW", "**{'planning': True, 'memory': True}"
+    )
+    plugin = load_plugin(make_plugin("planner", crew=code))
+    ctx = context(plugin, tmp_path)
+    built = entry.build(plugin, ctx)
+    # CrewAI's planner would build its own gpt-4o-mini; memory would keep data between users' runs.
+    assert built.plan.crew.planning_llm is ctx.llm
+    assert built.plan.crew.memory is False and built.memory_disabled
+    out = run_job(plugin, context(plugin, tmp_path))  # planning runs on the offline model
+    assert out["token_usage"]["successful_requests"] >= 2
+
+
+def test_json_crew_options_unsafe_in_a_shared_worker_are_refused(projects: Path, tmp_path: Path) -> None:
+    folder = copy_project(projects, "briefing", tmp_path)
+    crew = folder / "crew.jsonc"
+    crew.write_text(
+        crew.read_text().replace('"memory": true,', '"memory": true, "embedder": {"provider": "openai"},')
+    )
+    plugin = load_plugin(folder)
+    with pytest.raises(
+        PermanentError, match=r"^briefing/crew\.jsonc: embedder: not allowed: it makes CrewAI"
+    ):
+        entry.build(plugin, context(plugin, tmp_path))
+    crew.write_text(crew.read_text().replace(', "embedder": {"provider": "openai"}', ""))
+    agent = folder / "agents" / "researcher.jsonc"
+    agent.write_text(
+        agent.read_text().replace(
+            '"allow_delegation": false', '"allow_delegation": false, "allow_code_execution": true'
+        )
+    )
+    with pytest.raises(
+        PermanentError, match=r"^briefing/agents/researcher\.jsonc: allow_code_execution: not allowed"
+    ):
+        entry.build(plugin, context(plugin, tmp_path))
+
+
 def test_a_class_without_crewbase_and_crew_hooks_are_refused(
     make_plugin: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from app.db.engine import session_scope
 from app.db.models import PluginRow
 from app.plugins.scaffold import scaffold
-from app.plugins.sync import REJECTED_PREFIX
+from app.plugins.sync import BUILD_REJECTED_PREFIX, REJECTED_PREFIX
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -164,3 +164,103 @@ def test_release_disables_a_plugin_whose_crew_stopped_building_and_syncs_the_oth
     reason = rows["flaky"].disabled_reason or ""
     assert reason.startswith(REJECTED_PREFIX)
     assert "cannot import crew/crew.py: module 'not_installed_anywhere' is not installed" in reason
+
+
+def test_sync_and_release_agree_a_plugin_whose_crew_does_not_build_stays_disabled(
+    db: str, plugins_root: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "plugins"
+    root.mkdir()
+    shutil.copytree(plugins_root / "broken-import", root / "broken-import")
+    env = {"PLUGINS_DIR": str(root)}
+
+    def row() -> PluginRow:
+        with session_scope() as session:
+            found = session.scalars(select(PluginRow).where(PluginRow.name == "broken-import")).one()
+            session.expunge(found)
+            return found
+
+    first = cli("plugins", "sync", cwd=tmp_path, env=env)  # no build check: inserted, enabled
+    assert first.returncode == 0 and "inserted: broken-import" in first.stdout, first.stdout + first.stderr
+    released = cli("release", cwd=tmp_path, env=env)
+    assert released.returncode == 0 and "disabled: broken-import" in released.stdout, released.stdout
+    reason = row().disabled_reason
+    assert reason is not None and reason.startswith(BUILD_REJECTED_PREFIX)
+    again = cli("plugins", "sync", cwd=tmp_path, env=env)  # must not undo what release decided
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "kept disabled (its crew did not build at the last check): broken-import" in again.stdout
+    assert not row().enabled and row().disabled_reason == reason
+    checked = cli("plugins", "sync", "--build", cwd=tmp_path, env=env)  # the same check as release
+    assert checked.returncode == 0 and "no changes" in checked.stdout, checked.stdout + checked.stderr
+    edit(root / "broken-import" / "crew" / "crew.py", "import not_installed_anywhere\n", "")
+    fixed = cli("plugins", "sync", "--build", cwd=tmp_path, env=env)
+    assert "re-enabled: broken-import" in fixed.stdout, fixed.stdout + fixed.stderr
+    assert row().enabled and row().disabled_reason is None
+
+
+def test_a_check_that_cannot_run_shows_one_reason_line_and_logs_the_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from app.plugins import buildcheck
+    from app.plugins.registry import load_plugin
+
+    (tmp_path / "boom_check.py").write_text(
+        "def _deep():\n    raise RuntimeError('the check broke')\n\n\n_deep()\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr(buildcheck, "DRYRUN_MODULE", "boom_check")
+    plugin = load_plugin(scaffold(tmp_path / "plugins", "good"))
+    with caplog.at_level(logging.DEBUG, logger="app.plugins.buildcheck"):
+        with pytest.raises(buildcheck.BuildCheckError) as info:
+            buildcheck.check_builds([plugin], timeout=30)
+    assert str(info.value) == "the build check could not run: RuntimeError: the check broke"
+    assert "Traceback (most recent call last)" in caplog.text and "_deep" in caplog.text
+
+
+def _dead(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")  # killed, not yet reaped by whoever adopted it
+
+
+def test_processes_a_plugin_starts_and_memory_it_eats_at_import_stay_in_its_own_check(
+    plugins_root: Path, tmp_path: Path
+) -> None:
+    from app.plugins import buildcheck
+    from app.plugins.registry import load_plugin
+
+    root = tmp_path / "plugins"
+    root.mkdir()
+    shutil.copytree(plugins_root / "good", root / "good")
+    pidfile = tmp_path / "sleeper.pid"
+    forks = variant(root, "forks-a-sleeper")
+    edit(
+        forks / "crew" / "crew.py",
+        "from crewai import",
+        "import os, time\n"
+        "_child = os.fork()\n"
+        "if _child == 0:\n"
+        "    time.sleep(600)\n"
+        "    os._exit(0)\n"
+        f"open({str(pidfile)!r}, 'w').write(str(_child))\n"
+        "from crewai import",
+    )
+    hog = variant(root, "eats-memory")
+    edit(
+        hog / "crew" / "crew.py",
+        "from crewai import",
+        "_blocks = []\nwhile True:\n    _blocks.append(bytearray(64 * 1024 * 1024))\nfrom crewai import",
+    )
+    plugins = [load_plugin(root / name) for name in ("eats-memory", "forks-a-sleeper", "good")]
+    results = buildcheck.check_builds(plugins, timeout=120, memory_mb=512)
+    # The sleeper kept the result pipe open: the check reads the result line, not to EOF,
+    # then kills the plugin's whole process group.
+    assert results["forks-a-sleeper"].ok, results["forks-a-sleeper"].problems
+    assert _dead(int(pidfile.read_text()))
+    assert results["good"].ok
+    [problem] = results["eats-memory"].problems
+    assert "MemoryError" in problem.message or "died while building" in problem.message

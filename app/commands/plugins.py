@@ -93,10 +93,22 @@ def list_plugins(
 
 
 @app.command("sync")
-def sync(plugins_dir: Path | None = PluginsDir) -> None:
-    """Upsert the plugins on disk into the database; disable those that are gone."""
+def sync(
+    plugins_dir: Path | None = PluginsDir,
+    build: bool = typer.Option(
+        False, "--build/--no-build", help="Build each crew first, as release does (in a subprocess)."
+    ),
+    timeout: float = typer.Option(None, "--timeout", help="Seconds per plugin build (default: settings)."),
+) -> None:
+    """Upsert the plugins on disk into the database; disable those that are gone or cannot run.
+
+    With ``--build`` every crew is built first, as ``release`` does. Without
+    it, a plugin whose crew did not build at the last check stays disabled
+    with that reason (only a passing build check enables it again).
+    """
     from app.config import get_settings
     from app.db.engine import session_scope
+    from app.plugins.buildcheck import BuildCheckError, check_registry
     from app.plugins.registry import missing_roots
     from app.plugins.sync import sync_plugins
 
@@ -106,8 +118,16 @@ def sync(plugins_dir: Path | None = PluginsDir) -> None:
         # Syncing an empty registry would disable every plugin: a typo must not do that.
         fail(f"plugins folder not found: {', '.join(missing)}; nothing synced")
     registry = _registry(folder)
+    notes: list[str] = []
+    if build and registry.plugins:
+        try:
+            notes = check_registry(registry, timeout=timeout or get_settings().plugin_check_timeout_seconds)
+        except BuildCheckError as exc:
+            fail(f"{exc}; nothing synced")
     for problem in registry.problems:
         typer.echo(f"skipped: {problem}", err=True)
+    for note in notes:
+        typer.echo(note)
     # Database errors go to the CLI's error boundary: one line naming the service, no SQL.
     with session_scope() as session:
         report = sync_plugins(session, registry)

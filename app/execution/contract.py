@@ -39,6 +39,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from app.errors import PermanentError
+from app.execution.llm_injection import CREW_LLM_FIELDS
 from app.plugins.paths import PathEscapeError, resolve_inside
 
 if TYPE_CHECKING:
@@ -205,6 +206,6 @@ def check_llm(crew: Any, llm: Any) -> None:
             raise PermanentError(
                 f"agent {role!r} sets its own function_calling_llm; plugins never pick a model"
             )
-    for attr in ("manager_llm", "planning_llm", "function_calling_llm", "chat_llm"):
+    for attr in CREW_LLM_FIELDS:
         if getattr(crew, attr, None) not in (None, llm):
             raise PermanentError(f"the crew sets {attr}; plugins never pick a model")

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.errors import PermanentError
+from app.execution import llm_injection
 from app.execution.run_tools import FETCH_TOOL_NAME, fetch_tool
+from app.execution.shared_worker import AGENT_REFUSED, DATA_REASON, HUMAN_INPUT_REASON, MODEL_REASON
 from app.execution.workdir import check_relative
 from app.plugins import yamlsafe
 from app.plugins.paths import PathEscapeError, resolve_inside
@@ -76,23 +78,13 @@ TASK_KEYS = {
     "guardrail",
     "guardrail_max_retries",
 }
-_MODEL = "plugins never pick a model: the framework gives every agent the run's LLM"
-_DATA = "it keeps one user's data where the next run can read it"
 #: CrewAI keys a plugin's YAML may not use, and why.
 REFUSED = {
-    "llm": _MODEL,
-    "function_calling_llm": _MODEL,
-    "planning_llm": _MODEL,
-    "manager_llm": _MODEL,
-    "embedder": _MODEL,
-    "memory": _DATA,
-    "knowledge_sources": _DATA,
-    "knowledge_storage": _DATA,
-    "knowledge_config": _DATA,
-    "allow_code_execution": "it runs generated code in the worker",
-    "code_execution_mode": "it runs generated code in the worker",
+    **dict.fromkeys(llm_injection.MODEL_FIELDS, MODEL_REASON),
+    **AGENT_REFUSED,
+    "memory": DATA_REASON,
     "from_repository": "it downloads an agent definition at run time",
-    "human_input": "nobody can answer a worker's prompt",
+    "human_input": HUMAN_INPUT_REASON,
     "step_callback": "Python hooks by name are not supported here; use a @CrewBase class",
     "callbacks": "Python hooks by name are not supported here; use a @CrewBase class",
     "callback": "Python hooks by name are not supported here; use a @CrewBase class",

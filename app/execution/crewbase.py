@@ -7,7 +7,9 @@ A class such as ``crewai create crew NAME --classic`` generates
 * :func:`check_class` reads the class's YAML with CrewAI's own loader before
   anything is built and names the file and key of every reference CrewAI
   would fail on (an undefined agent, context task, tool, output class or
-  callback), of ``human_input`` (nobody answers a worker's stdin) and of
+  callback), of options unsafe in a shared worker
+  (:data:`app.execution.shared_worker.AGENT_REFUSED`: knowledge, embedders,
+  code execution), of ``human_input`` (nobody answers a worker's stdin) and of
   crew hooks (CrewAI 1.15 registers them process-wide: they would run for
   every other user's crew in the worker). Config files must lie inside the
   plugin folder.
@@ -33,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from app.errors import PermanentError
 from app.execution import run_tools
+from app.execution.llm_injection import AGENT_LLM_FIELDS
+from app.execution.shared_worker import AGENT_REFUSED, HUMAN_INPUT_REASON
 from app.execution.workdir import check_relative
 
 if TYPE_CHECKING:
@@ -127,9 +131,12 @@ def check_class(cls: type, folder: Path) -> list[str]:
     tasks_label, tasks = _config(cls, "original_tasks_config_path", folder)
     requested = []
     for name, body in agents.items():
-        for key in ("llm", "function_calling_llm"):
+        for key in AGENT_LLM_FIELDS:
             if body.get(key):
                 requested.append(str(body[key]))
+        for key, reason in AGENT_REFUSED.items():
+            if key in body:
+                raise PermanentError(f"{agents_label}: {name}.{key}: not allowed: {reason}")
         _check_refs(agents_label, name, "tools", body.get("tools") or [], names["tool"], "tool")
         for key, kind in (("step_callback", "callback"), ("cache_handler", "cache_handler")):
             if isinstance(body.get(key), str):
@@ -147,7 +154,7 @@ def check_class(cls: type, folder: Path) -> list[str]:
             if body.get(key):
                 _check_refs(tasks_label, name, key, body[key], names[kind], kind)
         if body.get("human_input"):
-            raise PermanentError(f"{tasks_label}: {name}.human_input: nobody can answer a worker's prompt")
+            raise PermanentError(f"{tasks_label}: {name}.human_input: {HUMAN_INPUT_REASON}")
         output_file = body.get("output_file")
         if isinstance(output_file, str) and (problem := check_relative(output_file)):
             raise PermanentError(f"{tasks_label}: {name}.output_file {problem}")

@@ -17,10 +17,13 @@ and by what the name is (a ``@CrewBase`` class or a function). Guarantees of
   :func:`app.execution.run_tools.current_context`; both may name the
   framework's tools (``fetch_url``);
 * for a class or a JSON crew, the run's LLM is injected into every agent (a
-  model the crew names is replaced and listed in the report), crew memory is
-  turned off (it would keep one user's data for the next), and the inputs are
+  model the crew names is replaced and listed in the report), and the inputs are
   :func:`framework_inputs`, then the JSON crew's own defaults, then the run's
   effective settings;
+* whatever the shape, options unsafe in a shared worker are refused or made
+  safe (:mod:`app.execution.shared_worker`: knowledge, embedders and code
+  execution refused naming the file and field; memory turned off; crew
+  planning given the run's LLM);
 * every agent uses the run's LLM (:func:`app.execution.contract.check_llm`),
   every ``{placeholder}`` is filled (:func:`~app.execution.contract.check_inputs`),
   every file the crew writes is inside the run's folder, and CrewAI's console
@@ -40,7 +43,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from app.errors import PermanentError
-from app.execution import crewbase, json_crew, llm_injection, run_tools, workdir
+from app.execution import crewbase, json_crew, llm_injection, run_tools, shared_worker, workdir
 from app.execution.contract import CrewContext, CrewPlan, check_inputs, check_llm
 from app.execution.crew_loader import entry_point_file, load_entry_point
 
@@ -110,13 +113,6 @@ def _settle(built: BuiltCrew, defaults: dict[str, Any], ctx: CrewContext) -> Bui
     crew = built.plan.crew
     assert built.injection is not None
     llm_injection.inject_into(crew, built.injection)
-    if getattr(crew, "memory", False) or getattr(crew, "_memory", None) is not None:
-        crew.memory, crew._memory = False, None
-        built.memory_disabled = True
-    for agent in crew.agents:
-        if getattr(agent, "memory", None) is not None:
-            agent.memory = None
-            built.memory_disabled = True
     built.plan.inputs = {**framework_inputs(), **defaults, **dict(ctx.settings)}
     return built
 
@@ -177,6 +173,10 @@ def build(plugin: Plugin, ctx: CrewContext) -> BuiltCrew:
         crew = built.plan.crew
         if hasattr(crew, "verbose"):
             _quiet(crew)
+        refused = shared_worker.refusals(crew, where=plugin.manifest.entry_point.partition(":")[0])
+        if refused:
+            raise PermanentError(f"plugin {plugin.name}: " + "; ".join(refused))
+        built.memory_disabled = shared_worker.make_safe(crew, ctx.llm).memory_disabled
         check_llm(crew, ctx.llm)
         check_inputs(crew, built.plan.inputs)
         if ctx.workdir is not None:

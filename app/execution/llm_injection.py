@@ -32,6 +32,10 @@ from typing import Any
 
 #: Crew-level fields that name a model; they are set to the run's LLM when a crew sets them.
 CREW_LLM_FIELDS = ("manager_llm", "planning_llm", "function_calling_llm", "chat_llm")
+#: Agent fields that name a model.
+AGENT_LLM_FIELDS = ("llm", "function_calling_llm")
+#: Every CrewAI field (agent or crew) that names a model: what a plugin's YAML may not set.
+MODEL_FIELDS = tuple(dict.fromkeys((*AGENT_LLM_FIELDS, *CREW_LLM_FIELDS)))
 
 
 @dataclass
@@ -133,9 +137,10 @@ def inject_into(crew: Any, injection: Injection) -> None:
         if getattr(agent, "llm", None) is not llm:
             injection.note(agent.llm)
             agent.llm = llm
-        if getattr(agent, "function_calling_llm", None) not in (None, llm):
-            injection.note(agent.function_calling_llm)
-            agent.function_calling_llm = llm
+        for attr in AGENT_LLM_FIELDS[1:]:  # optional ones: None means "use the agent's llm"
+            if getattr(agent, attr, None) not in (None, llm):
+                injection.note(getattr(agent, attr))
+                setattr(agent, attr, llm)
     for attr in CREW_LLM_FIELDS:
         value = getattr(crew, attr, None)
         if value is not None and value is not llm:

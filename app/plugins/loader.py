@@ -44,6 +44,9 @@ from typing import Any
 from app.errors import PluginError, Problem
 from app.plugins.paths import PathEscapeError, resolve_inside
 
+#: Start of every plugin's private package name (how an import error is recognised as the plugin's own).
+PRIVATE_PACKAGE_PREFIX = "_first_sip_plugin_"
+
 _lock = threading.Lock()
 _loaded: dict[tuple[str, str, str, int], Callable[..., Any]] = {}
 
@@ -82,7 +85,7 @@ def import_failure(folder: Path, path: Path, exc: BaseException) -> str:
     relative = path.relative_to(folder.resolve()) if path.is_relative_to(folder.resolve()) else path.name
     where = _origin(folder, exc)
     at = f" (at {where})" if where else ""
-    if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.startswith("_first_sip_plugin_"):
+    if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.startswith(PRIVATE_PACKAGE_PREFIX):
         sibling = exc.name.partition(".")[2] or exc.name
         return f"cannot import {relative}: the plugin has no module {sibling!r}{at}"
     if isinstance(exc, ModuleNotFoundError) and exc.name:
@@ -95,7 +98,7 @@ def import_failure(folder: Path, path: Path, exc: BaseException) -> str:
 
 def _package_name(name: str, path: Path, version: str, mtime_ns: int) -> str:
     digest = hashlib.sha256(f"{path}|{version}|{mtime_ns}".encode()).hexdigest()[:12]
-    return f"_first_sip_plugin_{re.sub(r'[^a-z0-9]', '_', name)}_{digest}"
+    return f"{PRIVATE_PACKAGE_PREFIX}{re.sub(r'[^a-z0-9]', '_', name)}_{digest}"
 
 
 def project_package(folder: Path, path: Path) -> str | None:

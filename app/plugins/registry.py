@@ -84,13 +84,23 @@ class Registry:
     problems: list[Problem] = field(default_factory=list)
     #: Plugins whose manifest names them but that cannot run, with the reason (sync disables them).
     rejected: dict[str, str] = field(default_factory=dict)
+    #: True once every loaded plugin's crew was built (:func:`app.plugins.buildcheck.check_registry`).
+    build_checked: bool = False
+    #: Plugins rejected because their crew did not build (a subset of ``rejected``).
+    build_rejected: set[str] = field(default_factory=set)
 
     def get(self, name: str) -> Plugin | None:
         """The plugin called ``name``, or None."""
         return self.plugins.get(name)
 
-    def reject(self, name: str, problems: list[Problem]) -> None:
-        """Move ``name`` out of the loaded plugins: it may not run, for these reasons."""
+    def reject(self, name: str, problems: list[Problem], *, build: bool = False) -> None:
+        """Move ``name`` out of the loaded plugins: it may not run, for these reasons.
+
+        ``build`` says the reason is that its crew did not build (sync keeps such a
+        plugin disabled until a build check passes it).
+        """
+        if build:
+            self.build_rejected.add(name)
         self.plugins.pop(name, None)
         self.problems.extend(problems)
         reason = "; ".join(str(p) for p in problems)

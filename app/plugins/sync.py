@@ -7,7 +7,11 @@ cannot run (an invalid manifest or schema, an unmet requirement, a crew that
 does not build: ``Registry.rejected``) is disabled with its own reason, never
 deleted, so its runs keep their history (its stored manifest is left as it
 was). A plugin that comes back is enabled again; a plugin an operator
-disabled stays disabled. Configs saved under an older settings schema are
+disabled stays disabled. A plugin disabled because its crew did not build
+(:data:`BUILD_REJECTED_PREFIX`, set when the registry went through the build
+check, as ``release`` and ``plugins sync --build`` do) is enabled again only by a sync
+whose build check passed it: a sync without the check keeps it disabled, so
+sync and release always agree on who is disabled and why. Configs saved under an older settings schema are
 revalidated, migrated or disabled (:mod:`app.plugins.evolution`).
 
 One plugin never breaks the others: each plugin is written inside its own
@@ -37,11 +41,17 @@ log = logging.getLogger(__name__)
 GONE_REASON = "plugin folder missing or invalid at last sync"
 #: Start of the reason of a plugin sync disabled because it cannot run (the problems follow).
 REJECTED_PREFIX = "rejected at last sync: "
+#: Start of the reason of a plugin disabled because its crew did not build (the problems follow).
+BUILD_REJECTED_PREFIX = REJECTED_PREFIX + "its crew does not build: "
 
 
 def _disabled_by_sync(row: PluginRow) -> bool:
     reason = row.disabled_reason or ""
     return not row.enabled and (reason == GONE_REASON or reason.startswith(REJECTED_PREFIX))
+
+
+def _build_rejected(row: PluginRow) -> bool:
+    return not row.enabled and (row.disabled_reason or "").startswith(BUILD_REJECTED_PREFIX)
 
 
 @dataclass
@@ -53,6 +63,8 @@ class SyncReport:
     enabled: list[str] = field(default_factory=list)
     disabled: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    #: Plugins left disabled because their crew did not build at the last check (none ran now).
+    kept_disabled: list[str] = field(default_factory=list)
     #: ``name: reason`` for each plugin that could not be written (the others were).
     failed: list[str] = field(default_factory=list)
     configs: EvolutionReport = field(default_factory=EvolutionReport)
@@ -79,6 +91,7 @@ class SyncReport:
             ("updated", self.updated),
             ("re-enabled", self.enabled),
             ("disabled", self.disabled),
+            ("kept disabled (its crew did not build at the last check)", self.kept_disabled),
             ("config revalidated", self.configs.revalidated),
             ("config migrated", self.configs.migrated),
             ("config disabled", self.configs.disabled),
@@ -112,7 +125,7 @@ def sync_plugins(session: Session, registry: Registry) -> SyncReport:
     for name, plugin in sorted(registry.plugins.items()):
         try:
             with session.begin_nested():
-                _sync_one(session, plugin, rows.get(name), report)
+                _sync_one(session, plugin, rows.get(name), report, build_checked=registry.build_checked)
         except DB_ERRORS:
             raise  # the database is gone: nothing else can sync either
         except (SQLAlchemyError, ValueError, TypeError, RecursionError) as exc:
@@ -128,7 +141,8 @@ def sync_plugins(session: Session, registry: Registry) -> SyncReport:
             continue
         reason = GONE_REASON
         if name in registry.rejected:
-            reason = (REJECTED_PREFIX + registry.rejected[name])[:2000]
+            prefix = BUILD_REJECTED_PREFIX if name in registry.build_rejected else REJECTED_PREFIX
+            reason = (prefix + registry.rejected[name])[:2000]
         if row.enabled or row.disabled_reason != reason:
             row.enabled, row.disabled_reason = False, reason
             report.disabled.append(name)
@@ -136,7 +150,9 @@ def sync_plugins(session: Session, registry: Registry) -> SyncReport:
     return report
 
 
-def _sync_one(session: Session, plugin: Plugin, row: PluginRow | None, report: SyncReport) -> None:
+def _sync_one(
+    session: Session, plugin: Plugin, row: PluginRow | None, report: SyncReport, *, build_checked: bool
+) -> None:
     name, values = plugin.name, _row_values(plugin)
     if row is None:
         session.add(PluginRow(name=name, enabled=True, **values))
@@ -146,7 +162,11 @@ def _sync_one(session: Session, plugin: Plugin, row: PluginRow | None, report: S
     changed = {k: v for k, v in values.items() if getattr(row, k) != v}
     for key, value in changed.items():
         setattr(row, key, value)
-    if _disabled_by_sync(row):
+    if _build_rejected(row) and not build_checked:
+        # Its crew did not build at the last check and nobody has built it since: it stays
+        # disabled with that reason (a sync without the build check cannot know better).
+        report.kept_disabled.append(name)
+    elif _disabled_by_sync(row):
         # Only re-enable what sync itself disabled; an operator's disable stands.
         row.enabled, row.disabled_reason = True, None
         report.enabled.append(name)
