@@ -196,7 +196,7 @@ def test_list_runs_filters_and_pages(user) -> None:  # type: ignore[no-untyped-d
 def test_cancel_run_and_errors(user) -> None:  # type: ignore[no-untyped-def]
     run = api.trigger_run(user.id, "api-plugin")
     cancelled = api.cancel_run(run.run_id)
-    assert cancelled.status == RunStatus.CANCELLED and cancelled.is_terminal
+    assert cancelled.status == RunStatus.CANCELLED and cancelled.status.is_terminal
     with pytest.raises(RunStateError, match="already cancelled"):
         api.cancel_run(run.run_id)
     with pytest.raises(NotFoundError):

@@ -167,7 +167,7 @@ def _unclaimed(rid: uuid.UUID, plugin: str | None) -> Finish:
     if state.status != RunStatus.PROCESSING and plugin and keys.plugin_name_ok(plugin):
         # Nobody runs it: the flow-control slot the consumer took for this dispatch goes back.
         RunSlot(plugin, str(rid), lease_seconds=0).release()
-    return Finish(state.status.value, entry_done=state.is_terminal or retry_waiting)
+    return Finish(state.status.value, entry_done=state.status.is_terminal or retry_waiting)
 
 
 @dataclass

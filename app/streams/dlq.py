@@ -326,7 +326,7 @@ def _reconcile_page(letters: list[DeadLetter], now: datetime) -> int:
         states = runs.states(session, [d.run_id for d in named if d.run_id is not None])
         for letter in named:
             state = states.get(letter.run_id) if letter.run_id else None
-            if state is None or state.is_terminal or letter.dead_at is None:
+            if state is None or state.status.is_terminal or letter.dead_at is None:
                 continue
             if state.updated_at is not None and state.updated_at > letter.dead_at:
                 continue  # replayed or claimed since: the dead letter no longer speaks for it

@@ -127,7 +127,7 @@ def decide(
         if int(now.timestamp() * 1000) - entry.added_ms < visibility_ms:
             return Decision(Action.KEEP, "run not visible yet", run_id=run_id)
         return Decision(Action.DEAD_LETTER, f"run {run_id} not found", Reason.RUN_NOT_FOUND, run_id)
-    if state.is_terminal:
+    if state.status.is_terminal:
         return Decision(Action.ACK, f"run is {state.status}", run_id=run_id)
     if state.lease_alive(now):
         return Decision(Action.KEEP, "run is processing under a live lease", run_id=run_id)
