@@ -12,11 +12,12 @@ not the pause or the consumer's read-only peek.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache
 from typing import Any
 
 import redis
 from redis.commands.core import Script
+
+from app.redis_client import lua_script
 
 _NOW = """
 local t = redis.call('TIME')
@@ -149,12 +150,6 @@ def eval_all(
     return list(replies) + list(extra)
 
 
-@cache
-def _script(text: str) -> Script:
-    # A Script only remembers its text and SHA; the client is chosen per call.
-    return Script(redis.Redis(), text)
-
-
 def script(text: str) -> Script:
-    """The :class:`Script` for ``text`` (EVALSHA, loading it on NOSCRIPT; pipelines load it first)."""
-    return _script(text)
+    """The registered :class:`Script` for ``text`` (EVALSHA, loaded on NOSCRIPT; pipelines load it first)."""
+    return lua_script(text)
