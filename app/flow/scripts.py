@@ -4,8 +4,7 @@ Why scripts and not a library: the slot check-and-take must be atomic across
 consumers (count, then add only while under the cap), and the budget check
 must see the pause key and the request log together. One short script each
 does that in one round trip, keeps every key under our prefix (named in
-:mod:`app.streams.keys`), and works on Redis Cluster (the keys of one script
-share a hash tag). ``limits``' moving window would do the budget alone, but
+:mod:`app.streams.keys`). ``limits``' moving window would do the budget alone, but
 not the pause or the consumer's read-only peek.
 """
 

@@ -9,8 +9,7 @@ original entry's fields unchanged plus ``dlq.original_id``, ``dlq.reason``
 Guarantees:
 
 * :func:`move_to_dead_letters` adds the dead letter and XACKs the original in
-  one MULTI, so an entry is never both pending and dead, nor neither. Both keys
-  share the plugin's hash tag, so the MULTI is valid on Redis Cluster.
+  one MULTI, so an entry is never both pending and dead, nor neither.
 * :func:`replay` gives the run a fresh attempt (``pending`` again with a fresh
   retry budget, then a new entry; the row decides, see
   :func:`app.db.runs.reset_for_replay`) and only then deletes the dead letter.
