@@ -27,7 +27,6 @@ from app.config import address, get_settings
 from app.db import runs as run_states
 from app.db.engine import session_scope
 from app.db.models import (
-    TERMINAL_STATUSES,
     PluginRow,
     PluginRun,
     RunStatus,
@@ -99,11 +98,6 @@ class RunInfo:
     attempt_log: list[dict[str, Any]] = field(default_factory=list)
     #: Token usage summed over every attempt, failed ones included.
     total_usage: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def is_terminal(self) -> bool:
-        """True once the run is completed, failed or cancelled."""
-        return self.status in TERMINAL_STATUSES
 
     @property
     def content(self) -> str | None:
@@ -493,7 +487,7 @@ def wait_for_run(
         info = get_run(run_id)
         if on_progress is not None:
             on_progress(info)
-        if info.is_terminal:
+        if info.status.is_terminal:
             return info
         if time.monotonic() >= deadline:
             raise WaitTimeoutError(f"run {info.run_id} still {info.status.value} after {timeout:.0f}s")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from functools import cache
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from app.config import get_settings
 
@@ -50,3 +52,15 @@ def as_text(value: Any) -> str:
     through ``str``. Ids, names and counters are ASCII, so for them this is exact.
     """
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+@cache
+def lua_script(text: str) -> Script:
+    """The registered script for ``text``: call it with ``keys``, ``args`` and the ``client`` to run on.
+
+    redis-py's ``register_script``: EVALSHA, and on NOSCRIPT (a restarted or
+    flushed Redis) SCRIPT LOAD and once more. Registered on a client that never
+    connects (it only encodes the text for the SHA), so one object serves every
+    client and process; a call without ``client=`` is a bug, not a default.
+    """
+    return redis.Redis().register_script(text)

@@ -188,6 +188,21 @@ def _fresh_settings() -> Iterator[None]:
     get_settings.cache_clear()
 
 
+_shut_down: list[Any] = []
+
+
+def shut_down_after_test(thing: Any) -> None:
+    """Call ``thing.shutdown()`` when the current test ends (an in-process consumer, say)."""
+    _shut_down.append(thing)
+
+
+@pytest.fixture(autouse=True)
+def _shut_down_what_the_test_built() -> Iterator[None]:
+    yield
+    while _shut_down:
+        _shut_down.pop().shutdown()
+
+
 # ---- plugin folders -------------------------------------------------------------------------
 
 VALID_SCHEMA: dict[str, Any] = {

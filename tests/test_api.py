@@ -236,7 +236,7 @@ def test_list_runs_filters_and_pages(user) -> None:  # type: ignore[no-untyped-d
 def test_cancel_run_and_errors(user) -> None:  # type: ignore[no-untyped-def]
     run = api.trigger_run(user.id, "api-plugin")
     cancelled = api.cancel_run(run.run_id)
-    assert cancelled.status == RunStatus.CANCELLED and cancelled.is_terminal
+    assert cancelled.status == RunStatus.CANCELLED and cancelled.status.is_terminal
     with pytest.raises(RunStateError, match="already cancelled"):
         api.cancel_run(run.run_id)
     with pytest.raises(NotFoundError):
@@ -260,9 +260,19 @@ def test_wait_for_run_returns_terminal_and_times_out(user) -> None:  # type: ign
     assert seen[-1] == done  # the progress callback sees the terminal state too
 
 
+def _only_times(value: object) -> str:
+    """The one conversion the CLI's JSON output needs; anything else is not plain data."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON data: {value!r}")
+
+
 def test_run_rows_hold_no_orm_objects(user) -> None:  # type: ignore[no-untyped-def]
     run = api.trigger_run(user.id, "api-plugin")
-    json.dumps(run.as_dict(), default=str)  # plain data all the way down
+    # No default=str: a UUID, a Decimal or an ORM object anywhere in the dict fails here.
+    doc = json.loads(json.dumps(run.as_dict(), default=_only_times))
+    assert doc["run_id"] == str(run.run_id) and doc["status"] == "queued" and doc["plugin"] == "api-plugin"
+    assert datetime.fromisoformat(doc["created_at"]) == run.created_at
 
 
 def test_schema_evolution_at_sync(user, plugins) -> None:  # type: ignore[no-untyped-def]

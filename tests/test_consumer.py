@@ -18,7 +18,7 @@ from app import keys
 from app.db.models import RunStatus
 from app.streams.consumer import StreamConsumer
 from app.streams.envelope import MAX_PAYLOAD_BYTES, Reason
-from tests.test_streams_support import (
+from tests.streams_support import (
     add_plugin,
     age,
     broker_tasks,
@@ -30,7 +30,6 @@ from tests.test_streams_support import (
     publish,
     run_row,
     set_run,
-    shutdown_consumers,  # noqa: F401 (autouse fixture)
 )
 
 
@@ -98,7 +97,7 @@ def test_garbage_is_dead_lettered_with_the_right_reason(db, redis_client: redis.
     ids: dict[str, Any] = {name: redis_client.xadd(key, fields) for name, fields in garbage.items()}  # type: ignore[arg-type]
     stats = consumer.loop_once(later(now), block=False)
     assert stats.read == 8 and stats.dispatched == 1 and stats.dead_lettered == 7
-    by_original = {d["dlq.original_id"]: d for d in dead_letters(redis_client, "alpha")}
+    by_original = {d["dlq.original_id"]: d for d in dead_letters("alpha")}
     expected = {
         "not_json": Reason.NOT_JSON,
         "no_payload": Reason.MISSING_FIELD,
@@ -149,7 +148,7 @@ def test_reclaim_decides_by_the_run_row(db, redis_client: redis.Redis) -> None: 
     assert left[ids[expired]][1] == 3 and left[ids[queued]][1] == 2
     redispatched = [t.run_id for t in broker_tasks(redis_client)]
     assert sorted(redispatched) == sorted([str(expired), str(queued)])
-    (letter,) = dead_letters(redis_client, "alpha")
+    (letter,) = dead_letters("alpha")
     assert letter["dlq.reason"] == Reason.RUN_NOT_FOUND
     # The live run's entry is not idle any more: the next round leaves it alone.
     stats = consumer.loop_once(later(now, 250), block=False)
@@ -170,7 +169,7 @@ def test_poison_entry_dead_lettered_after_exactly_max_deliveries(db, redis_clien
         consumer.loop_once(later(now, 10 * step), block=False)
         sent += [t.run_id for t in broker_tasks(redis_client)]
     assert sent == [str(run_id)] * 3
-    (letter,) = dead_letters(redis_client, "alpha")
+    (letter,) = dead_letters("alpha")
     assert letter["dlq.original_id"] == entry_id and letter["dlq.reason"] == Reason.MAX_DELIVERIES
     assert letter["dlq.delivery_count"] == "4"
     row = run_row(run_id)

@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.db import runs as runs_module
 from app.streams.dispatch import Dispatch, Dispatcher
-from tests.test_streams_support import (
+from tests.streams_support import (
     add_plugin,
     age,
     broker_tasks,
@@ -23,7 +23,6 @@ from tests.test_streams_support import (
     make_consumer,
     pending,
     publish,
-    shutdown_consumers,  # noqa: F401 (autouse fixture)
 )
 
 
@@ -88,5 +87,5 @@ def test_database_outage_during_reclaim_counts_no_delivery(  # type: ignore[no-u
     stats = consumer.loop_once(later(now, 600), block=False)
     # One delivery so far, max_deliveries=2: had the outage rounds counted, these would be dead.
     assert stats.dispatched == 2 and stats.dead_lettered == 0
-    assert dead_letters(redis_client, "alpha") == [] and "PostgreSQL reachable again" in caplog.text
+    assert dead_letters("alpha") == [] and "PostgreSQL reachable again" in caplog.text
     assert len(broker_tasks(redis_client)) == 2

@@ -20,7 +20,7 @@ from app.db.models import RunStatus
 from app.status import pipeline_status
 from app.streams import heartbeat
 from app.streams.consumer_process import run
-from tests.test_streams_support import (
+from tests.streams_support import (
     add_plugin,
     broker_tasks,
     clear_broker,
@@ -28,7 +28,6 @@ from tests.test_streams_support import (
     make_consumer,
     publish,
     run_row,
-    shutdown_consumers,  # noqa: F401 (autouse fixture)
 )
 
 runner = CliRunner()

@@ -26,8 +26,7 @@ from app.db.models import RunStatus, utcnow
 from app.streams.producer import load_refs, publish_runs
 from tests.conftest import TEST_DATABASE_URL
 from tests.processes import celery_worker
-from tests.test_consumer_process import WAIT, running, wait_until
-from tests.test_streams_support import add_plugin, broker_tasks, pending, publish
+from tests.streams_support import WAIT, add_plugin, broker_tasks, pending, publish, running, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,8 +21,7 @@ import redis
 from app.db.engine import session_scope
 from app.db.models import RunStatus
 from app.streams.producer import RunRef, publish_runs
-from tests.processes import ManagedProcess
-from tests.test_streams_support import (
+from tests.streams_support import (
     add_plugin,
     add_runs,
     broker_tasks,
@@ -32,48 +29,12 @@ from tests.test_streams_support import (
     pending,
     publish,
     run_row,
+    running,
     set_run,
+    wait_until,
 )
 
 pytestmark = pytest.mark.slow
-
-FAST = {
-    "VISIBILITY_TIMEOUT_SECONDS": "2",
-    "RECLAIM_INTERVAL_SECONDS": "0.3",
-    "STREAM_BLOCK_MS": "200",
-    "CONSUMER_HEARTBEAT_SECONDS": "0.5",
-    "PLUGIN_REFRESH_SECONDS": "0.5",
-    "MAX_DELIVERIES": "100",
-}
-#: A limit for a hung test, never a performance threshold.
-WAIT = 60.0
-
-
-def wait_until(condition: Callable[[], object], what: str, *, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def start_consumer(label: str = "consumer", **env: str) -> tuple[ManagedProcess, str]:
-    """A running consumer process and its consumer name."""
-    process = ManagedProcess(label, [sys.executable, "-m", "app", "consumer"], env={**FAST, **env})
-    process.start(ready=r"consumer \S+ ready", timeout=WAIT)
-    match = re.search(r"consumer (\S+) ready", process.output)
-    assert match is not None
-    return process, match.group(1)
-
-
-@contextmanager
-def running(label: str = "consumer", **env: str) -> Iterator[tuple[ManagedProcess, str]]:
-    process, name = start_consumer(label, **env)
-    try:
-        yield process, name
-    finally:
-        process.kill()
 
 
 def check() -> int:
@@ -119,8 +80,12 @@ def test_two_consumers_split_a_stream(db, redis_client: redis.Redis) -> None:  #
     entries = [t.kwargs["entry_id"] for t in tasks]
     assert len(entries) == len(set(entries)) == 300  # no entry handed to Celery twice
     assert sorted(t.run_id for t in tasks) == sorted(str(r) for r in run_ids)
-    owners = {owner for owner, _count in pending(redis_client, "alpha").values()}
-    assert owners == {name_a, name_b}  # both took a share
+    # However the two split the work (one may even have read it all), every entry was read by
+    # exactly one of them: the group's pending list names one owner per entry.
+    held = pending(redis_client, "alpha")
+    assert set(held) == set(entries)
+    assert {owner for owner, _count in held.values()} <= {name_a, name_b}
+    assert all(count == 1 for _owner, count in held.values())  # each delivered once
 
 
 def test_sigkilled_consumer_entries_are_reclaimed_by_another(db, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ from app.streams import dlq, heartbeat
 from app.streams.envelope import Reason
 from app.streams.errors import AmbiguousDeadLetterError, DeadLetterNotFoundError, NotReplayableError
 from app.streams.groups import ensure_group
-from tests.test_streams_support import add_plugin, pending, publish, run_row, set_run
+from tests.streams_support import add_plugin, pending, publish, run_row, set_run
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -1,4 +1,8 @@
-"""The stream envelope: round trip, every rejection reason, and property tests (any input, no exception)."""
+"""The stream envelope: round trip, every rejection reason, and property tests (any input, no exception).
+
+Malformed entries are ordinary input here: each must come back as an
+:class:`EnvelopeRejection` with a reason and a message naming what is wrong.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.streams.envelope import MAX_PAYLOAD_BYTES, Envelope, EnvelopeError, Reason, parse_entry
+from app.streams.envelope import MAX_PAYLOAD_BYTES, Envelope, EnvelopeRejection, Reason, parse_entry
 
 RUN = uuid.UUID("6f1c8a52-3c1e-4d0c-9f59-2b8f0f4b8a11")
 WHEN = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -73,18 +77,65 @@ def test_attempt_is_optional_and_extra_keys_are_ignored() -> None:
 )
 def test_rejections_name_the_reason(fields: dict[bytes, bytes], reason: Reason) -> None:
     parsed = parse_entry(fields)
-    assert isinstance(parsed, EnvelopeError), parsed
+    assert isinstance(parsed, EnvelopeRejection), parsed
     assert parsed.reason == reason and parsed.message
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (_payload(run_id="nope"), "run_id 'nope' is not a UUID"),
+        (_payload(run_id=None, user_id=None), "payload has no run_id, user_id"),
+        (_payload(plugin="Bad Name"), "plugin 'Bad Name' is not a plugin name"),
+        (_payload(plugin="daily-news\n"), "plugin 'daily-news\\n' is not a plugin name"),
+        (_payload(plugin="a" * 64), f"plugin '{'a' * 56}... is not a plugin name"),  # values clipped
+        (_payload(plugin=["daily-news"]), "plugin ['daily-news'] is not a plugin name"),
+        (_payload(user_id=True), "user_id True is not a positive integer"),
+        (_payload(user_id=7.0), "user_id 7.0 is not a positive integer"),
+        (_payload(user_id=0), "user_id 0 is not a positive integer"),
+        (_payload(attempt=False), "attempt False is not a positive integer"),
+        (_payload(enqueued_at="1717243200"), "enqueued_at '1717243200' is not an ISO 8601 time with a zone"),
+        (_payload(enqueued_at="2026-06-01T12:00:00"), "is not an ISO 8601 time with a zone"),
+        (_payload(enqueued_at="x" * 65), "is not an ISO 8601 time with a zone"),
+        # Several problems: the first in field order is the one reported.
+        (_payload(user_id=-1, attempt=0, enqueued_at=3), "user_id -1 is not a positive integer"),
+        (_payload(attempt=0, enqueued_at=3), "attempt 0 is not a positive integer"),
+    ],
+)
+def test_rejections_name_the_field_and_the_value(payload: dict[str, Any], message: str) -> None:
+    parsed = parse_entry(_fields(payload))
+    assert isinstance(parsed, EnvelopeRejection), parsed
+    assert message in parsed.message
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"enqueued_at": "2026-06-01T12:00:00Z"},
+        {"enqueued_at": "2026-06-01 12:00:00+00:00"},
+        {"enqueued_at": "2026-06-01T14:00:00.123456+02:00"},
+        {"run_id": RUN.hex},
+        {"run_id": str(RUN).upper()},
+        {"user_id": 2**62, "attempt": 10_000},
+        {"plugin": "a" * 63},
+    ],
+)
+def test_other_valid_spellings_are_accepted(overrides: dict[str, Any]) -> None:
+    parsed = parse_entry(_fields(_payload(**overrides)))
+    assert isinstance(parsed, Envelope), parsed
+    assert parsed.run_id == RUN or "run_id" not in overrides
 
 
 def test_run_id_is_kept_when_the_rest_is_invalid() -> None:
     parsed = parse_entry(_fields(_payload(user_id=-1)))
-    assert isinstance(parsed, EnvelopeError) and parsed.run_id == RUN
+    assert isinstance(parsed, EnvelopeRejection) and parsed.run_id == RUN
+    parsed = parse_entry(_fields(_payload(run_id="nope", user_id=-1)))
+    assert isinstance(parsed, EnvelopeRejection) and parsed.run_id is None
 
 
 def test_huge_payload_is_rejected_before_decoding() -> None:
     parsed = parse_entry({b"v": b"1", b"payload": b"\xff" * (50 * 1024 * 1024)})
-    assert isinstance(parsed, EnvelopeError) and parsed.reason == Reason.TOO_LARGE
+    assert isinstance(parsed, EnvelopeRejection) and parsed.reason == Reason.TOO_LARGE
 
 
 # ---- properties -------------------------------------------------------------------------------
@@ -96,8 +147,8 @@ _any_value = st.one_of(st.binary(max_size=300), st.text(max_size=300), st.intege
 @settings(max_examples=400, deadline=None)
 def test_any_fields_give_a_typed_result(fields: dict[Any, Any]) -> None:
     parsed = parse_entry(fields)
-    assert isinstance(parsed, Envelope | EnvelopeError)
-    if isinstance(parsed, EnvelopeError):
+    assert isinstance(parsed, Envelope | EnvelopeRejection)
+    if isinstance(parsed, EnvelopeRejection):
         assert isinstance(parsed.reason, Reason) and parsed.message
 
 
@@ -105,9 +156,9 @@ def test_any_fields_give_a_typed_result(fields: dict[Any, Any]) -> None:
 @settings(max_examples=400, deadline=None)
 def test_any_payload_bytes_give_a_typed_result(payload: bytes, version: bytes) -> None:
     parsed = parse_entry({b"v": version, b"payload": payload})
-    assert isinstance(parsed, Envelope | EnvelopeError)
+    assert isinstance(parsed, Envelope | EnvelopeRejection)
     if version != b"1":
-        assert isinstance(parsed, EnvelopeError) and parsed.reason == Reason.UNKNOWN_VERSION
+        assert isinstance(parsed, EnvelopeRejection) and parsed.reason == Reason.UNKNOWN_VERSION
 
 
 _json = st.recursive(
@@ -134,7 +185,7 @@ _json = st.recursive(
 @settings(max_examples=400, deadline=None)
 def test_any_json_object_gives_a_typed_result(payload: dict[str, Any]) -> None:
     parsed = parse_entry({"v": "1", "payload": json.dumps(payload)})
-    assert isinstance(parsed, Envelope | EnvelopeError)
+    assert isinstance(parsed, Envelope | EnvelopeRejection)
 
 
 @given(

@@ -26,7 +26,7 @@ from app.flow.worker import RunSlot
 from app.plugins.manifest import parse_manifest
 from app.streams.consumer import StreamConsumer
 from tests.conftest import manifest_text
-from tests.test_streams_support import (
+from tests.streams_support import (
     add_plugin,
     age,
     broker_tasks,
@@ -36,7 +36,6 @@ from tests.test_streams_support import (
     pending,
     publish,
     set_run,
-    shutdown_consumers,  # noqa: F401 (autouse fixture)
 )
 
 # ---- settings and manifests -------------------------------------------------------------------
@@ -272,7 +271,7 @@ def test_held_entries_are_never_dead_lettered_for_waiting(db, redis_client: redi
         time.sleep(0.1)
     owners = pending(redis_client, "alpha")
     held = {e: owner for e, owner in owners.items() if e != task.kwargs["entry_id"]}
-    assert sorted(held.values()) == [("c1", 1)] * 3 and not dead_letters(redis_client, "alpha")
+    assert sorted(held.values()) == [("c1", 1)] * 3 and not dead_letters("alpha")
     assert owners[task.kwargs["entry_id"]][1] == 1  # the running one: kept, not counted
     assert c2.totals.held == 0  # c1 kept its held entries fresh: c2's reclaim never got one
     # c1 dies; its entries go idle and c2's reclaim takes them over (the dispatched run's lease
@@ -282,13 +281,13 @@ def test_held_entries_are_never_dead_lettered_for_waiting(db, redis_client: redi
     for _ in range(3):  # more reclaim rounds while they wait: the delivery count does not grow
         age(redis_client, "alpha")
         c2.loop_once(later(datetime.now(UTC), 7200 * 3), block=False)
-    assert not dead_letters(redis_client, "alpha")
+    assert not dead_letters("alpha")
     counts = sorted(count for _owner, count in pending(redis_client, "alpha").values())
     assert counts == [1, 1, 1, 1], counts
     slots.release(redis_client, "alpha", broker_run := next(iter(_run_ids_in_slots(redis_client))))
     assert broker_run
     assert c2.loop_once(datetime.now(UTC), block=False).dispatched == 1
-    assert not dead_letters(redis_client, "alpha")
+    assert not dead_letters("alpha")
 
 
 def _run_ids_in_slots(client: redis.Redis) -> list[str]:

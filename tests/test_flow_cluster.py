@@ -27,7 +27,7 @@ from app.flow import slots
 from tests.llm_server import LLMServer, Reply, Request
 from tests.plugins.harness import PLUGINS_DIR, sync_test_plugins
 from tests.processes import ManagedProcess, worker_args
-from tests.test_streams_support import publish
+from tests.streams_support import publish
 
 PLUGIN = "flow-probe"
 RUN_RE = re.compile(r"run ([0-9a-f-]{36})")

@@ -60,14 +60,33 @@ def flower(db, redis_client) -> Iterator[str]:  # type: ignore[no-untyped-def]
         [sys.executable, "-m", "app", "flower", "--address", "127.0.0.1", "--port", str(port)],
         env={"FLOWER_BASIC_AUTH": f"{AUTH[0]}:{AUTH[1]}"},
     )
-    proc.start(ready=r"Visit me at|Listening|Registered", timeout=60)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while _get(url + "/healthcheck")[0] != 200 and time.monotonic() < deadline:
+    try:
+        proc.start(ready=r"Visit me at|Listening|Registered", timeout=60)
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url + "/healthcheck", proc, seconds=30)
+        yield url
+        proc.stop(timeout=15)
+    finally:
+        proc.kill()
+
+
+def _wait_healthy(url: str, proc: ManagedProcess, *, seconds: float) -> None:
+    """Return once ``url`` answers 200; fail the test (not carry on) if it never does."""
+    deadline = time.monotonic() + seconds
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            status, _body = _get(url)
+        except OSError as exc:  # refused or reset while Flower starts
+            last = f"{type(exc).__name__}: {exc}"
+        else:
+            if status == 200:
+                return
+            last = f"HTTP {status}"
         time.sleep(0.2)
-    yield url
-    proc.stop(timeout=15)
-    proc.kill()
+    pytest.fail(
+        f"Flower's {url} never answered 200 within {seconds:.0f}s (last: {last}); log: {proc.log_path}"
+    )
 
 
 def test_flower_refuses_public_address_without_auth(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,7 +35,7 @@ from app.streams import dlq
 from app.streams.envelope import Reason
 from app.streams.groups import ensure_group
 from tests.conftest import ROOT
-from tests.test_streams_support import (
+from tests.streams_support import (
     add_plugin,
     age,
     broker_tasks,
@@ -46,7 +46,6 @@ from tests.test_streams_support import (
     publish,
     run_row,
     set_run,
-    shutdown_consumers,  # noqa: F401 (autouse fixture)
 )
 
 runner = CliRunner()
@@ -183,7 +182,7 @@ def test_backlog_rule_is_bounded_for_a_poison_run(db, redis_client: redis.Redis)
         for run_id in (poison, waiting):
             if run_row(run_id).status == RunStatus.PROCESSING:
                 set_run(run_id, lease_expires_at=expired)
-    letters = dead_letters(redis_client, "alpha")
+    letters = dead_letters("alpha")
     assert [letter["dlq.original_id"] for letter in letters] == [entries[poison]]
     assert run_row(poison).status == RunStatus.FAILED
     # The run claimed once stays pending behind the backlog, as before.

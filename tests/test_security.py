@@ -149,7 +149,7 @@ def test_hostile_strings_are_data_not_sql(db, redis_client) -> None:  # type: ig
 
 
 def test_pickle_payload_in_a_stream_entry_is_rejected_not_unpickled() -> None:
-    from app.streams.envelope import EnvelopeError, Reason, parse_entry
+    from app.streams.envelope import EnvelopeRejection, Reason, parse_entry
 
     class Boom:
         def __reduce__(self):  # type: ignore[no-untyped-def]
@@ -157,4 +157,4 @@ def test_pickle_payload_in_a_stream_entry_is_rejected_not_unpickled() -> None:
 
     blob = pickle.dumps({"run_id": str(uuid.uuid4()), "x": Boom()})
     result = parse_entry({keys.FIELD_VERSION: "1", keys.FIELD_PAYLOAD: blob})
-    assert isinstance(result, EnvelopeError) and result.reason in (Reason.NOT_UTF8, Reason.NOT_JSON)
+    assert isinstance(result, EnvelopeRejection) and result.reason in (Reason.NOT_UTF8, Reason.NOT_JSON)

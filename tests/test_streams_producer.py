@@ -15,7 +15,7 @@ from app.db.models import RunStatus
 from app.streams.envelope import Envelope, parse_entry
 from app.streams.groups import ensure_group
 from app.streams.producer import load_refs, publish_runs, safe_min_id, trim_stream
-from tests.test_streams_support import T0, add_runs, publish, run_row, set_run
+from tests.streams_support import T0, add_runs, publish, run_row, set_run
 
 
 def test_publish_many_runs_across_plugins(db, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]

@@ -46,10 +46,11 @@ class RunStatus(StrEnum):
 
     @property
     def is_terminal(self) -> bool:
-        """True for completed, failed and cancelled."""
+        """True for completed, failed and cancelled: the one definition (runs and API read it here)."""
         return self in TERMINAL_STATUSES
 
 
+#: The terminal statuses, for queries (``status IN (...)``); :attr:`RunStatus.is_terminal` reads it.
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 
 

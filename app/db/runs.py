@@ -34,7 +34,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from app.db.bulk import mark_queued_pg
-from app.db.models import TERMINAL_STATUSES, PluginRow, PluginRun, RunStatus
+from app.db.models import PluginRow, PluginRun, RunStatus
 
 # Core UPDATEs on the table, not the ORM entity: the ORM's bulk-update path (session sync,
 # per-statement evaluation) was a fifth of a worker's CPU per run, and these never touch
@@ -318,11 +318,6 @@ class RunState:
             and self.lease_expires_at is not None
             and self.lease_expires_at > now
         )
-
-    @property
-    def is_terminal(self) -> bool:
-        """True once the run is completed, failed or cancelled."""
-        return self.status in TERMINAL_STATUSES
 
 
 def states(session: Session, run_ids: Iterable[uuid.UUID | str]) -> dict[uuid.UUID, RunState]:

@@ -175,7 +175,7 @@ def _unclaimed(rid: uuid.UUID, plugin: str | None, attempt: int | None) -> Finis
         # that attempt's: a later attempt's slot is not ours). A task sent before deliveries named
         # their attempt leaves its slot to expire with the dispatch lease.
         RunSlot(plugin, str(rid), attempt=attempt, lease_seconds=0).release()
-    return Finish(state.status.value, entry_done=state.is_terminal or retry_waiting)
+    return Finish(state.status.value, entry_done=state.status.is_terminal or retry_waiting)
 
 
 @dataclass

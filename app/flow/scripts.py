@@ -4,19 +4,19 @@ Why scripts and not a library: the slot check-and-take must be atomic across
 consumers (count, then add only while under the cap), and the budget check
 must see the pause key and the request log together. One short script each
 does that in one round trip, keeps every key under our prefix (named in
-:mod:`app.keys`), and works on Redis Cluster (the keys of one script
-share a hash tag). ``limits``' moving window would do the budget alone, but
+:mod:`app.keys`). ``limits``' moving window would do the budget alone, but
 not the pause or the consumer's read-only peek.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache
 from typing import Any
 
 import redis
 from redis.commands.core import Script
+
+from app.redis_client import lua_script
 
 _NOW = """
 local t = redis.call('TIME')
@@ -174,12 +174,6 @@ def eval_all(
     return list(replies) + list(extra)
 
 
-@cache
-def _script(text: str) -> Script:
-    # A Script only remembers its text and SHA; the client is chosen per call.
-    return Script(redis.Redis(), text)
-
-
 def script(text: str) -> Script:
-    """The :class:`Script` for ``text`` (EVALSHA, loading it on NOSCRIPT; pipelines load it first)."""
-    return _script(text)
+    """The registered :class:`Script` for ``text`` (EVALSHA, loaded on NOSCRIPT; pipelines load it first)."""
+    return lua_script(text)

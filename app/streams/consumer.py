@@ -33,10 +33,9 @@ out of the reads, logs it, records it for ``first-sip status`` (hash
 :func:`app.keys.stream_errors`) and is retried at every plugin refresh;
 the other plugins keep flowing and the iteration does not fail.
 
-Redis Cluster: every command names one key, or keys sharing one plugin's hash
-tag (stream + dead letters). Each stream is read with its own XREADGROUP; the
-per-stream reads are pipelined (redis-py's cluster pipeline splits them per
-node). Blocking: first a non-blocking read of every stream; only when all were
+One Redis server (Redis Cluster is not supported: docs/operations.md). Each
+stream is read with its own XREADGROUP; the per-stream reads are pipelined
+into one round trip. Blocking: first a non-blocking read of every stream; only when all were
 empty, a BLPOP of up to ``stream_block_ms`` on the doorbell list every publish
 pushes to (kept at one element). A busy stream never waits behind an idle one,
 and an idle consumer wakes as soon as anything is published, whichever stream

@@ -9,8 +9,7 @@ original entry's fields unchanged plus ``dlq.original_id``, ``dlq.reason``
 Guarantees:
 
 * :func:`move_to_dead_letters` adds the dead letter and XACKs the original in
-  one MULTI, so an entry is never both pending and dead, nor neither. Both keys
-  share the plugin's hash tag, so the MULTI is valid on Redis Cluster.
+  one MULTI, so an entry is never both pending and dead, nor neither.
 * :func:`replay` gives the run a fresh attempt (``pending`` again with a fresh
   retry budget, then a new entry; the row decides, see
   :func:`app.db.runs.reset_for_replay`) and only then deletes the dead letter.
@@ -326,7 +325,7 @@ def _reconcile_page(letters: list[DeadLetter], now: datetime) -> int:
         states = runs.states(session, [d.run_id for d in named if d.run_id is not None])
         for letter in named:
             state = states.get(letter.run_id) if letter.run_id else None
-            if state is None or state.is_terminal or letter.dead_at is None:
+            if state is None or state.status.is_terminal or letter.dead_at is None:
                 continue
             if state.updated_at is not None and state.updated_at > letter.dead_at:
                 continue  # replayed or claimed since: the dead letter no longer speaks for it

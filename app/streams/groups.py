@@ -12,7 +12,7 @@ from __future__ import annotations
 import redis
 
 from app import keys
-from app.redis_client import as_text
+from app.redis_client import as_text, lua_script
 
 # XGROUP DELCONSUMER drops the consumer's pending entries: delete only when it has none,
 # atomically, so a read racing with the removal cannot lose entries.
@@ -59,6 +59,6 @@ def remove_idle_consumers(client: redis.Redis, plugin: str, *, idle_ms: int, kee
         name = as_text(info["name"])
         if name == keep or int(info["pending"]) > 0 or int(info["idle"]) < idle_ms:
             continue
-        if client.eval(_DELETE_IF_IDLE, 1, key, keys.GROUP, name) == 0:  # type: ignore[no-untyped-call]
+        if lua_script(_DELETE_IF_IDLE)(keys=[key], args=[keys.GROUP, name], client=client) == 0:
             removed.append(name)
     return removed

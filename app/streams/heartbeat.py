@@ -24,7 +24,7 @@ import redis
 
 from app import keys
 from app.config import get_settings
-from app.redis_client import get_redis
+from app.redis_client import get_redis, lua_script
 
 #: Consecutive failed iterations after which ``--check`` reports the consumer unhealthy.
 FAILING_ITERATIONS = 3
@@ -77,7 +77,7 @@ def release(consumer: str, *, host: str | None = None, client: redis.Redis | Non
     """Delete the heartbeat if ``consumer`` wrote it last (clean shutdown)."""
     client = client or get_redis()
     key = keys.consumer_heartbeat(host or socket.gethostname())
-    client.eval(_RELEASE, 1, key, consumer)  # type: ignore[no-untyped-call]
+    lua_script(_RELEASE)(keys=[key], args=[consumer], client=client)
 
 
 def health(*, host: str | None = None, client: redis.Redis | None = None) -> Health | None:

@@ -3,8 +3,7 @@
 Guarantees:
 
 * :func:`publish_runs` writes every entry in one pipeline round trip (one XADD
-  per run, each to its own plugin's stream: no command spans two streams, so
-  Redis Cluster may place every stream on any node), then records the entry ids
+  per run, each to its own plugin's stream), then records the entry ids
   on the rows and moves pending ones to ``queued`` with one batched UPDATE in
   the caller's session. The caller commits. If Redis fails nothing is marked;
   if the commit fails after the XADDs, the entries name runs still ``pending``,

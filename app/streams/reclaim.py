@@ -50,7 +50,7 @@ from app import keys
 from app.db.models import RunStatus
 from app.db.runs import RunState
 from app.redis_client import as_text
-from app.streams.envelope import Envelope, EnvelopeError, Reason
+from app.streams.envelope import Envelope, EnvelopeRejection, Reason
 
 
 class Action(StrEnum):
@@ -93,9 +93,9 @@ class Decision:
     run_id: uuid.UUID | None = None
 
 
-def rejection(entry: Entry, parsed: Envelope | EnvelopeError) -> Decision | None:
+def rejection(entry: Entry, parsed: Envelope | EnvelopeRejection) -> Decision | None:
     """The dead-letter decision for an entry no run state can save (bad envelope, wrong stream)."""
-    if isinstance(parsed, EnvelopeError):
+    if isinstance(parsed, EnvelopeRejection):
         return Decision(Action.DEAD_LETTER, parsed.message, parsed.reason, parsed.run_id)
     if parsed.plugin != entry.plugin:
         detail = f"envelope names plugin {parsed.plugin!r} but was read from {entry.plugin!r}'s stream"
@@ -105,7 +105,7 @@ def rejection(entry: Entry, parsed: Envelope | EnvelopeError) -> Decision | None
 
 def decide(
     entry: Entry,
-    parsed: Envelope | EnvelopeError,
+    parsed: Envelope | EnvelopeRejection,
     state: RunState | None,
     *,
     now: datetime,
@@ -120,14 +120,14 @@ def decide(
     ``max_attempts`` bounds the backlog rule (None: unbounded).
     """
     rejected = rejection(entry, parsed)
-    if rejected is not None or isinstance(parsed, EnvelopeError):  # the second test only narrows the type
+    if rejected is not None or isinstance(parsed, EnvelopeRejection):  # the second test only narrows the type
         return rejected or Decision(Action.DEAD_LETTER, "invalid envelope")
     run_id = parsed.run_id
     if state is None:
         if int(now.timestamp() * 1000) - entry.added_ms < visibility_ms:
             return Decision(Action.KEEP, "run not visible yet", run_id=run_id)
         return Decision(Action.DEAD_LETTER, f"run {run_id} not found", Reason.RUN_NOT_FOUND, run_id)
-    if state.is_terminal:
+    if state.status.is_terminal:
         return Decision(Action.ACK, f"run is {state.status}", run_id=run_id)
     if state.lease_alive(now):
         return Decision(Action.KEEP, "run is processing under a live lease", run_id=run_id)
@@ -151,7 +151,7 @@ def decide(
 
 def decide_all(
     entries: list[Entry],
-    parsed: Mapping[str, Envelope | EnvelopeError],
+    parsed: Mapping[str, Envelope | EnvelopeRejection],
     states: Mapping[uuid.UUID, RunState],
     *,
     now: datetime,

@@ -1,4 +1,4 @@
-"""Shared helpers for the streams tests (no tests here): rows, broker inspection, idle ageing.
+"""Helpers the streams tests share: rows, broker inspection, idle ageing, consumers in and out of process.
 
 Rows are inserted directly through the models. What the consumer dispatched
 is read back from the Celery broker itself: the Redis list of the ``runs``
@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 import redis
 from sqlalchemy import select
 
@@ -24,11 +27,12 @@ from app.celery_app import RUNS_QUEUE
 from app.config import Settings, get_settings
 from app.db.engine import session_scope
 from app.db.models import PluginRow, PluginRun, RunStatus, User
-from app.redis_client import get_redis
+from app.redis_client import as_text, get_redis
 from app.streams.consumer import StreamConsumer
 from app.streams.dispatch import Dispatcher
 from app.streams.producer import RunRef, publish_runs
-from tests.conftest import unique_email
+from tests.conftest import shut_down_after_test, unique_email
+from tests.processes import ManagedProcess
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -114,7 +118,7 @@ def clear_broker(client: redis.Redis) -> None:
 def pending(client: redis.Redis, plugin: str) -> dict[str, tuple[str, int]]:
     """Pending entries of the group: id -> (consumer, delivery count)."""
     rows = client.xpending_range(keys.stream(plugin), keys.GROUP, "-", "+", 10_000)
-    return {_s(r["message_id"]): (_s(r["consumer"]), int(r["times_delivered"])) for r in rows}
+    return {as_text(r["message_id"]): (as_text(r["consumer"]), int(r["times_delivered"])) for r in rows}
 
 
 def age(client: redis.Redis, plugin: str, *, ms: int = 10 * 60 * 1000) -> None:
@@ -129,14 +133,11 @@ def age(client: redis.Redis, plugin: str, *, ms: int = 10 * 60 * 1000) -> None:
         )
 
 
-def dead_letters(_client: redis.Redis, plugin: str) -> list[dict[str, str]]:
+def dead_letters(plugin: str) -> list[dict[str, str]]:
     """The plugin's dead letters as field dicts (binary-safe: bad bytes replaced), oldest first."""
+    # A client of its own that keeps bytes: a dead letter may hold the garbage that killed it.
     reply: Any = get_redis(decode_responses=False).xrange(keys.dead_letters(plugin))
-    return [{_s(k): _s(v) for k, v in fields.items()} for _id, fields in reply]
-
-
-def _s(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return [{as_text(k): as_text(v) for k, v in fields.items()} for _id, fields in reply]
 
 
 def settings(**overrides: Any) -> Settings:
@@ -144,29 +145,62 @@ def settings(**overrides: Any) -> Settings:
     return get_settings().model_copy(update=overrides)
 
 
-_consumers: list[StreamConsumer] = []
-
-
 def make_consumer(
     name: str = "test-consumer", *, dispatcher: Dispatcher | None = None, **overrides: Any
 ) -> StreamConsumer:
     """An in-process consumer (call ``initialize`` and ``loop_once(now, block=False)``).
 
-    Shut down after the test by :func:`shutdown_consumers` (its broker connection closed).
+    Shut down after the test (its broker connection closed) by the conftest.
     """
     consumer = StreamConsumer(name=name, settings=settings(**overrides), dispatcher=dispatcher)
-    _consumers.append(consumer)
+    shut_down_after_test(consumer)
     return consumer
-
-
-@pytest.fixture(autouse=True)
-def shutdown_consumers() -> Iterator[None]:
-    """Autouse where imported: every consumer :func:`make_consumer` built is shut down after the test."""
-    yield
-    while _consumers:
-        _consumers.pop().shutdown()
 
 
 def later(now: datetime, seconds: float = 3600) -> datetime:
     """``now`` plus enough time for every periodic phase to be due again."""
     return now + timedelta(seconds=seconds)
+
+
+# ---- the consumer as a real process ------------------------------------------------------------
+
+#: Short timeouts so a test sees reclaims, heartbeats and refreshes within seconds.
+FAST = {
+    "VISIBILITY_TIMEOUT_SECONDS": "2",
+    "RECLAIM_INTERVAL_SECONDS": "0.3",
+    "STREAM_BLOCK_MS": "200",
+    "CONSUMER_HEARTBEAT_SECONDS": "0.5",
+    "PLUGIN_REFRESH_SECONDS": "0.5",
+    "MAX_DELIVERIES": "100",
+}
+#: A limit for a hung test, never a performance threshold.
+WAIT = 60.0
+
+
+def wait_until(condition: Callable[[], object], what: str, *, timeout: float = WAIT) -> None:
+    """Poll ``condition`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_consumer(label: str = "consumer", **env: str) -> tuple[ManagedProcess, str]:
+    """A running consumer process and its consumer name."""
+    process = ManagedProcess(label, [sys.executable, "-m", "app", "consumer"], env={**FAST, **env})
+    process.start(ready=r"consumer \S+ ready", timeout=WAIT)
+    match = re.search(r"consumer (\S+) ready", process.output)
+    assert match is not None
+    return process, match.group(1)
+
+
+@contextmanager
+def running(label: str = "consumer", **env: str) -> Iterator[tuple[ManagedProcess, str]]:
+    """A consumer process (``FAST`` settings, ``env`` on top) for the block; killed at the end."""
+    process, name = start_consumer(label, **env)
+    try:
+        yield process, name
+    finally:
+        process.kill()
