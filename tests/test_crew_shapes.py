@@ -228,7 +228,7 @@ def test_crewbase_instance_gets_the_run_context_and_fetch_url_by_name(projects: 
         [tool] = built.plan.crew.agents[0].tools
         assert tool.name == "fetch_url"
         # It is ctx.fetch: a private address is refused before any connection.
-        with pytest.raises(RuntimeError, match="cannot fetch http://127.0.0.1:9/: "):
+        with pytest.raises(RuntimeError, match=r"cannot fetch http://127\.0\.0\.1:9/: "):
             tool._run(url="http://127.0.0.1:9/")
 
 

@@ -212,9 +212,11 @@ def test_a_check_that_cannot_run_shows_one_reason_line_and_logs_the_traceback(
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     monkeypatch.setattr(buildcheck, "DRYRUN_MODULE", "boom_check")
     plugin = load_plugin(scaffold(tmp_path / "plugins", "good"))
-    with caplog.at_level(logging.DEBUG, logger="app.plugins.buildcheck"):
-        with pytest.raises(buildcheck.BuildCheckError) as info:
-            buildcheck.check_builds([plugin], timeout=30)
+    with (
+        caplog.at_level(logging.DEBUG, logger="app.plugins.buildcheck"),
+        pytest.raises(buildcheck.BuildCheckError) as info,
+    ):
+        buildcheck.check_builds([plugin], timeout=30)
     assert str(info.value) == "the build check could not run: RuntimeError: the check broke"
     assert "Traceback (most recent call last)" in caplog.text and "_deep" in caplog.text
 

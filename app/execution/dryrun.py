@@ -24,6 +24,7 @@ caller's debug log, never shown as the reason). A plugin's own prints go to /dev
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import select
@@ -149,10 +150,8 @@ def _die_with_parent() -> None:
 
 
 def _kill_group(pgid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # nothing left in it
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass  # nothing left in it
 
 
 def _forked(folder: Path, timeout: float, memory_bytes: int) -> dict[str, Any]:
@@ -184,10 +183,8 @@ def _forked(folder: Path, timeout: float, memory_bytes: int) -> dict[str, Any]:
             code = 1
         finally:
             os._exit(code)
-    try:
+    with contextlib.suppress(OSError):  # the child did it first (or is gone)
         os.setpgid(pid, pid)  # also here: the group must exist before we might kill it
-    except OSError:
-        pass  # the child did it first (or is gone)
     os.close(write_fd)
     try:
         data = _read_result(read_fd, time.monotonic() + timeout)

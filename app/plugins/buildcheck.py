@@ -18,6 +18,7 @@ this module's debug log, as does the traceback of a plugin whose build raised.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -128,10 +129,8 @@ def _run(command: list[str], scratch: str, limit: float) -> tuple[str, str, int 
         stdout, stderr = proc.communicate(timeout=limit)
         return stdout, stderr, proc.returncode
     except subprocess.TimeoutExpired:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         stdout, stderr = proc.communicate()
         return stdout, stderr, None
 
