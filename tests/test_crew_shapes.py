@@ -8,7 +8,6 @@ kick off, trace, record files, evict, remove the run folder).
 
 from __future__ import annotations
 
-import re
 import shutil
 import threading
 from collections.abc import Callable
@@ -57,7 +56,7 @@ def context(
     return CrewContext.create(
         run_id="test-run-0001",
         plugin=plugin.name,
-        settings=validate_settings(plugin.spec, settings),
+        settings=validate_settings(plugin, settings),
         llm=llm if llm is not None else make_llm(),
         folder=plugin.folder,
         crew_folder=entry_point_file(plugin)[0].parent,
@@ -229,7 +228,7 @@ def test_crewbase_instance_gets_the_run_context_and_fetch_url_by_name(projects: 
         [tool] = built.plan.crew.agents[0].tools
         assert tool.name == "fetch_url"
         # It is ctx.fetch: a private address is refused before any connection.
-        with pytest.raises(RuntimeError, match=re.escape("cannot fetch http://127.0.0.1:9/: ")):
+        with pytest.raises(RuntimeError, match=r"cannot fetch http://127\.0\.0\.1:9/: "):
             tool._run(url="http://127.0.0.1:9/")
 
 

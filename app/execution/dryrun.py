@@ -52,7 +52,7 @@ def _build(folder: Path) -> dict[str, Any]:
     from app.execution.contract import CrewContext
     from app.execution.crew_loader import entry_point_file
     from app.execution.offline_llm import OfflineLLM
-    from app.llm_config import OFFLINE_MODEL
+    from app.llm import OFFLINE_MODEL
     from app.plugins.loader import _origin
     from app.plugins.registry import load_plugin
     from app.plugins.settings import validate_settings
@@ -65,7 +65,7 @@ def _build(folder: Path) -> dict[str, Any]:
             ctx = CrewContext.create(
                 run_id="build-check",
                 plugin=plugin.name,
-                settings=validate_settings(plugin.spec, None),
+                settings=validate_settings(plugin, None),
                 llm=OfflineLLM(model=OFFLINE_MODEL),
                 folder=plugin.folder,
                 crew_folder=entry_point_file(plugin)[0].parent,
@@ -183,9 +183,8 @@ def _forked(folder: Path, timeout: float, memory_bytes: int) -> dict[str, Any]:
             code = 1
         finally:
             os._exit(code)
-    # Also here: the group must exist before we might kill it (the child may have done it first).
-    with contextlib.suppress(OSError):
-        os.setpgid(pid, pid)
+    with contextlib.suppress(OSError):  # the child did it first (or is gone)
+        os.setpgid(pid, pid)  # also here: the group must exist before we might kill it
     os.close(write_fd)
     try:
         data = _read_result(read_fd, time.monotonic() + timeout)
