@@ -56,7 +56,7 @@ def context(
     return CrewContext.create(
         run_id="test-run-0001",
         plugin=plugin.name,
-        settings=validate_settings(plugin, settings),
+        settings=validate_settings(plugin.spec, settings),
         llm=llm if llm is not None else make_llm(),
         folder=plugin.folder,
         crew_folder=entry_point_file(plugin)[0].parent,

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from app.llm import make_llm
 
 from app.execution import inner_retries, runtime
+from app.execution.llm import make_llm
 from tests.llm_server import LLMServer, Reply
 
 KEY = "sk-test-crewai-logs-abcdefgh9876"

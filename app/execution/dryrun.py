@@ -52,7 +52,7 @@ def _build(folder: Path) -> dict[str, Any]:
     from app.execution.contract import CrewContext
     from app.execution.crew_loader import entry_point_file
     from app.execution.offline_llm import OfflineLLM
-    from app.llm import OFFLINE_MODEL
+    from app.llm_config import OFFLINE_MODEL
     from app.plugins.loader import _origin
     from app.plugins.registry import load_plugin
     from app.plugins.settings import validate_settings
@@ -65,7 +65,7 @@ def _build(folder: Path) -> dict[str, Any]:
             ctx = CrewContext.create(
                 run_id="build-check",
                 plugin=plugin.name,
-                settings=validate_settings(plugin, None),
+                settings=validate_settings(plugin.spec, None),
                 llm=OfflineLLM(model=OFFLINE_MODEL),
                 folder=plugin.folder,
                 crew_folder=entry_point_file(plugin)[0].parent,
