@@ -1,10 +1,9 @@
 """Every Redis key name this project uses, in one place, under the configured prefix.
 
-Redis Cluster: a plugin's stream and its dead-letter stream share the hash tag
-``{<plugin>}``, so the MULTI that moves an entry to the dead letters (XADD
-there, XACK here) touches a single slot. Nothing ever spans two plugins'
-streams in one command; the consumer reads each stream with its own
-XREADGROUP, which is what makes any plugin's stream free to live on any node.
+Hash tags: a plugin's stream and its dead-letter stream share ``{<plugin>}``, and
+no command ever spans two plugins' streams. That would let the keys spread over
+a Redis Cluster, but the client is not cluster-aware and nothing is tested on a
+cluster: one Redis is what is supported (docs/operations.md says why it is enough).
 """
 
 from __future__ import annotations
