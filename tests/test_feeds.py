@@ -190,7 +190,7 @@ def run_digest(settings: dict[str, object]) -> dict[str, object]:
     from app.execution import runtime
     from app.execution.contract import CrewContext
     from app.execution.crew_loader import entry_point_file, load_entry_point
-    from app.execution.runner import CrewJob
+    from app.execution.crew_thread import CrewJob
     from app.llm import make_llm
     from app.plugins.registry import load_plugin
     from app.plugins.settings import validate_settings
