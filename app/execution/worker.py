@@ -39,7 +39,7 @@ from celery.exceptions import Retry
 
 from app.config import Settings, get_settings
 from app.db import runs
-from app.db.engine import get_engine, session_scope
+from app.db.engine import autocommit_connection, session_scope
 from app.db.models import TERMINAL_STATUSES, RunStatus, utcnow
 from app.errors import RetryScheduled, RunFailed, SettingsValidationError
 from app.execution import attempts, runtime, workdir
@@ -118,7 +118,8 @@ def execute(
         settings = get_settings()
         # Import CrewAI before claiming, so its first-import cost never eats into a lease.
         runtime.prepare()
-        with get_engine().begin() as conn:
+        # One statement: autocommit spares the BEGIN and COMMIT round trips.
+        with autocommit_connection() as conn:
             claimed = runs.claim(conn, rid, now=utcnow(), lease_seconds=settings.lease_seconds)
         if claimed is None:
             finish = _unclaimed(rid, plugin)
@@ -272,9 +273,9 @@ def _with_abandoned(finish: Finish, job: CrewJob) -> Finish:
 def _end(
     attempt: Attempt, end: runs.AttemptEnd, entry: dict[str, Any], *, now: datetime | None = None
 ) -> bool:
-    """Record how the attempt ended (one fenced UPDATE, its own transaction); False if it lost the run."""
+    """Record how the attempt ended (one fenced UPDATE, committed by itself); False if it lost the run."""
     lease = attempt.lease
-    with get_engine().begin() as conn:
+    with autocommit_connection() as conn:
         return runs.end_attempt(
             conn, lease.run_id, attempt=lease.attempt, end=end, now=now or utcnow(), log_entry=entry
         )
