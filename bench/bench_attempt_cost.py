@@ -1,6 +1,6 @@
 """What recording per-attempt usage and gating every call adds to a run's hot path.
 
-(1) The outcome write: ``runs.complete`` (claim first, then complete, one transaction each, as
+(1) The outcome write: ``runs.end_attempt`` (claim first, then complete, one transaction each, as
     the worker does) with the attempt's ``attempt_log`` entry appended in the same UPDATE,
     against the same write without it (the baseline), interleaved in rounds on one database.
 (2) The per-call gate check (``gates.check`` with a bound run and the stop gate) against an
@@ -67,8 +67,13 @@ def _claim_and_complete(ids: list[uuid.UUID], *, with_entry: bool) -> tuple[floa
             assert claimed is not None
             entry = _entry() if with_entry else None
             with session_scope() as session:
-                runs.complete(
-                    session, rid, attempt=claimed.attempt, output=output, now=utcnow(), log_entry=entry
+                runs.end_attempt(
+                    session,
+                    rid,
+                    attempt=claimed.attempt,
+                    end=runs.AttemptEnd.completed(output),
+                    now=utcnow(),
+                    log_entry=entry,
                 )
     return timer.seconds / len(ids), (time.process_time() - cpu) / len(ids)
 

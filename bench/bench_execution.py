@@ -39,8 +39,8 @@ def _one_crew(index: int) -> None:
     from app.config import get_settings
     from app.execution.contract import CrewContext
     from app.execution.crew_loader import entry_point_file, find_plugin
+    from app.execution.crew_thread import CrewJob
     from app.execution.llm import make_llm
-    from app.execution.runner import CrewJob
     from app.llm_config import model_name
     from app.plugins.settings import validate_settings
 

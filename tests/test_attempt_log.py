@@ -80,18 +80,33 @@ def test_every_attempt_is_appended_with_its_tokens(session_maker: sessionmaker[S
     first = _claim(session_maker, run_id)
     retry_entry = _entry(first, AttemptOutcome.RETRY, 7, error="LLM provider error (m): HTTP 503")
     with session_maker.begin() as session:
-        assert runs.retry_later(
-            session, run_id, attempt=first, error="e", at=utcnow(), now=utcnow(), log_entry=retry_entry
+        assert runs.end_attempt(
+            session,
+            run_id,
+            attempt=first,
+            end=runs.AttemptEnd.retry("e", at=utcnow()),
+            now=utcnow(),
+            log_entry=retry_entry,
         )
     second = _claim(session_maker, run_id)
     done_entry = _entry(second, AttemptOutcome.COMPLETED, 30)
     with session_maker.begin() as session:
-        assert runs.complete(
-            session, run_id, attempt=second, output={"content": "x"}, now=utcnow(), log_entry=done_entry
+        assert runs.end_attempt(
+            session,
+            run_id,
+            attempt=second,
+            end=runs.AttemptEnd.completed({"content": "x"}),
+            now=utcnow(),
+            log_entry=done_entry,
         )
         # A stale writer (attempt 1) is fenced off: nothing appended.
-        assert not runs.fail(
-            session, run_id, attempt=first, error="late", now=utcnow(), log_entry=retry_entry
+        assert not runs.end_attempt(
+            session,
+            run_id,
+            attempt=first,
+            end=runs.AttemptEnd.failed("late"),
+            now=utcnow(),
+            log_entry=retry_entry,
         )
     with session_maker.begin() as session:
         status = runs.record_lost_attempt(session, run_id, log_entry=_entry(first, AttemptOutcome.LOST, 5))
@@ -137,22 +152,21 @@ def test_runs_show_and_status_report_per_attempt_and_total_tokens(db: str) -> No
     run_id = _new_run(make)
     first = _claim(make, run_id)
     with make.begin() as session:
-        runs.retry_later(
+        runs.end_attempt(
             session,
             run_id,
             attempt=first,
-            error="e",
-            at=utcnow(),
+            end=runs.AttemptEnd.retry("e", at=utcnow()),
             now=utcnow(),
             log_entry=_entry(first, AttemptOutcome.RETRY, 11, error="HTTP 429 rate limited"),
         )
     second = _claim(make, run_id)
     with make.begin() as session:
-        runs.complete(
+        runs.end_attempt(
             session,
             run_id,
             attempt=second,
-            output={"content": "done"},
+            end=runs.AttemptEnd.completed({"content": "done"}),
             now=utcnow(),
             log_entry=_entry(second, AttemptOutcome.COMPLETED, 40),
         )

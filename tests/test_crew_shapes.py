@@ -20,8 +20,8 @@ from app.errors import PermanentError
 from app.execution import crewbase, entry, runtime, workdir
 from app.execution.contract import CrewContext
 from app.execution.crew_loader import entry_point_file
+from app.execution.crew_thread import CrewJob
 from app.execution.llm import make_llm
-from app.execution.runner import CrewJob
 from app.plugins.manifest import parse_manifest
 from app.plugins.registry import Plugin, load_plugin
 from app.plugins.settings import validate_settings

@@ -191,8 +191,8 @@ def run_digest(settings: dict[str, object]) -> dict[str, object]:
     from app.execution import runtime
     from app.execution.contract import CrewContext
     from app.execution.crew_loader import entry_point_file, load_entry_point
+    from app.execution.crew_thread import CrewJob
     from app.execution.llm import make_llm
-    from app.execution.runner import CrewJob
     from app.plugins.registry import load_plugin
     from app.plugins.settings import validate_settings
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
@@ -42,6 +42,7 @@ def ensure_sqlite_folder(url: str) -> None:
 
 
 _engines: dict[str, Engine] = {}
+_autocommit: dict[str, Engine] = {}
 _factories: dict[str, sessionmaker[Session]] = {}
 
 
@@ -67,6 +68,23 @@ def engine_for(url: str) -> Engine:
 def get_engine() -> Engine:
     """The engine for the configured ``DATABASE_URL``."""
     return engine_for(get_settings().database_url)
+
+
+@contextmanager
+def autocommit_connection() -> Iterator[Connection]:
+    """A pooled connection on which every statement commits by itself.
+
+    For writes that are one statement (a compare-and-set UPDATE is atomic on its own):
+    no BEGIN and COMMIT round trips. Anything that needs several statements to be one
+    transaction uses :func:`session_scope` or ``get_engine().begin()`` instead.
+    """
+    url = get_settings().database_url
+    engine = _autocommit.get(url)
+    if engine is None:
+        # Shares the pool of engine_for(url); the isolation level is set per checkout and reset on return.
+        engine = _autocommit[url] = engine_for(url).execution_options(isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        yield conn
 
 
 def session_factory() -> sessionmaker[Session]:
@@ -97,4 +115,5 @@ def dispose_engines(*, close: bool = True) -> None:
     for engine in _engines.values():
         engine.dispose(close=close)
     _engines.clear()
+    _autocommit.clear()
     _factories.clear()

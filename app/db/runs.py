@@ -8,8 +8,9 @@ run twice and concurrent actors never both win:
   the worker passes it to every later call, and a worker whose lease was taken
   over can no longer write (its UPDATEs match no row).
 * :func:`renew_lease` — extends the lease while the fenced attempt is alive.
-* :func:`complete` / :func:`fail` / :func:`retry_later` — end the fenced attempt,
-  appending its ``attempt_log`` entry (outcome, token usage) in the same UPDATE;
+* :func:`end_attempt` — ends the fenced attempt as an :class:`AttemptEnd` says
+  (completed, failed, or back to pending until a retry time), appending its
+  ``attempt_log`` entry (outcome, token usage) in the same UPDATE;
   :func:`record_lost_attempt` keeps the entry of an attempt that lost its run.
 * :func:`cancel` — any non-terminal run -> cancelled; a running worker sees it
   at its next heartbeat.
@@ -17,7 +18,9 @@ run twice and concurrent actors never both win:
 * :func:`reset_for_replay` — a dead-lettered (or stuck) run -> pending, for a fresh attempt,
   with a fresh retry budget and the replaced status and error kept in ``replays``.
 
-Functions take a session and never commit: the caller owns the transaction.
+Functions take a session or a Core connection and never commit: the caller owns
+the transaction. The statements on a run's hot path (claim, end, renewal) are
+built once per process and executed with bound parameters.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, func, literal_column, or_, select, update
+from sqlalchemy import Connection, Integer, Table, and_, bindparam, func, literal_column, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -65,9 +69,71 @@ def _as_uuid(run_id: uuid.UUID | str) -> uuid.UUID:
     return run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
 
 
-def claim(
-    session: Session, run_id: uuid.UUID | str, *, now: datetime, lease_seconds: int
-) -> ClaimedRun | None:
+#: What the run-state functions execute on: an ORM session, or a Core connection (the worker's
+#: hot path, which skips the session's bookkeeping). Either way the caller owns the transaction.
+Executor = Session | Connection
+
+
+def _dialect(db: Executor) -> str:
+    return db.dialect.name if isinstance(db, Connection) else db.get_bind().dialect.name
+
+
+def _col(name: str) -> Any:
+    return _RUNS.c[name]
+
+
+def _param(name: str, column: str) -> Any:
+    """A bound parameter typed like ``plugin_runs.<column>`` (so UUIDs, times and JSON bind right)."""
+    return bindparam(name, type_=_col(column).type)
+
+
+def _fence() -> Any:
+    """The attempt fence, on bound parameters ``rid`` and ``attempt``."""
+    return and_(
+        _col("run_id") == _param("rid", "run_id"),
+        _col("status") == RunStatus.PROCESSING.value,
+        _col("attempts") == _param("attempt", "attempts"),
+    )
+
+
+# The hot statements are built once per process and dialect and executed with parameters:
+# building a statement and its cache key cost more CPU than the round trip it makes.
+@cache
+def _claim_statement() -> Any:
+    now = _param("now", "started_at")
+    claimable = or_(
+        and_(
+            # Literal ORs, not IN: an expanding IN is re-rendered on every execution.
+            or_(*(_col("status") == s.value for s in _WAITING)),
+            or_(_col("next_attempt_at").is_(None), _col("next_attempt_at") <= now),
+        ),
+        and_(_col("status") == RunStatus.PROCESSING.value, _col("lease_expires_at") < now),
+    )
+    return (
+        update(_RUNS)
+        .where(_col("run_id") == _param("rid", "run_id"), claimable)
+        .values(
+            status=RunStatus.PROCESSING.value,
+            attempts=_col("attempts") + 1,
+            started_at=now,
+            lease_expires_at=_param("lease", "lease_expires_at"),
+            next_attempt_at=None,
+            updated_at=now,
+        )
+        .returning(
+            _col("attempts"),
+            _col("user_id"),
+            _col("input"),
+            # The plugin's name in the same round trip: the claim is on every run's hot path.
+            select(PluginRow.__table__.c.name)
+            .where(PluginRow.__table__.c.id == _col("plugin_id"))
+            .scalar_subquery(),
+            _col("attempts_base"),
+        )
+    )
+
+
+def claim(db: Executor, run_id: uuid.UUID | str, *, now: datetime, lease_seconds: int) -> ClaimedRun | None:
     """Move the run to ``processing`` if nobody else holds it; None if already handled.
 
     Claimable: ``pending``/``queued`` whose ``next_attempt_at`` (if any) has come,
@@ -75,163 +141,152 @@ def claim(
     """
     rid = _as_uuid(run_id)
     lease = now + timedelta(seconds=lease_seconds)
-    claimable = or_(
-        and_(
-            PluginRun.status.in_(_WAITING),
-            or_(PluginRun.next_attempt_at.is_(None), PluginRun.next_attempt_at <= now),
-        ),
-        and_(PluginRun.status == RunStatus.PROCESSING, PluginRun.lease_expires_at < now),
-    )
-    row = session.execute(
-        update(_RUNS)
-        .where(PluginRun.run_id == rid, claimable)
-        .values(
-            status=RunStatus.PROCESSING,
-            attempts=PluginRun.attempts + 1,
-            started_at=now,
-            lease_expires_at=lease,
-            next_attempt_at=None,
-            updated_at=now,
-        )
-        .returning(
-            PluginRun.attempts,
-            PluginRun.user_id,
-            PluginRun.input,
-            # The plugin's name in the same round trip: the claim is on every run's hot path.
-            select(PluginRow.name).where(PluginRow.id == PluginRun.plugin_id).scalar_subquery(),
-            PluginRun.attempts_base,
-        )
-    ).one_or_none()
+    row = db.execute(_claim_statement(), {"rid": rid, "now": now, "lease": lease}).one_or_none()
     if row is None:
         return None
     return ClaimedRun(rid, row[0], str(row[3]), row[1], dict(row[2] or {}), lease, now, int(row[4] or 0))
 
 
-def _fenced(run_id: uuid.UUID | str, attempt: int) -> Any:
-    return and_(
-        PluginRun.run_id == _as_uuid(run_id),
-        PluginRun.status == RunStatus.PROCESSING,
-        PluginRun.attempts == attempt,
-    )
-
-
-def _with_attempt(session: Session, values: dict[str, Any], entry: dict[str, Any] | None) -> dict[str, Any]:
-    """``values`` plus appending ``entry`` to ``attempt_log`` and its tokens to ``total_tokens``.
+def _appended(dialect: str) -> dict[str, Any]:
+    """SET clauses appending bound ``attempt_entry`` to ``attempt_log`` and ``tokens`` to ``total_tokens``.
 
     Part of the same UPDATE that records the outcome: per-attempt usage costs no round trip.
     """
-    if entry is None:
-        return values
-    column = _RUNS.c.attempt_log
+    column = _col("attempt_log")
     appended: Any
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect == "postgresql":
         appended = func.coalesce(column, literal_column("'[]'::jsonb", JSONB)).op("||", return_type=JSONB)(
-            bindparam("attempt_entry", [entry], type_=JSONB)
+            bindparam("attempt_entry", type_=JSONB)
         )
     else:  # SQLite: JSON is text; '$[#]' appends
         appended = func.json_insert(
-            func.coalesce(column, "[]"), "$[#]", func.json(bindparam("attempt_entry", json.dumps(entry)))
+            func.coalesce(column, "[]"), "$[#]", func.json(bindparam("attempt_entry"))
         )
-    tokens = int(entry.get("total_tokens") or 0)
-    return {**values, "attempt_log": appended, "total_tokens": _RUNS.c.total_tokens + tokens}
+    return {
+        "attempt_log": appended,
+        "total_tokens": _col("total_tokens") + bindparam("tokens", type_=Integer),
+    }
+
+
+def _entry_params(dialect: str, entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "attempt_entry": [entry] if dialect == "postgresql" else json.dumps(entry),
+        "tokens": int(entry.get("total_tokens") or 0),
+    }
+
+
+@dataclass(frozen=True)
+class AttemptEnd:
+    """How a fenced attempt ends: the run's next status and what is recorded with it.
+
+    Build one with :meth:`completed`, :meth:`failed` or :meth:`retry`.
+    """
+
+    status: RunStatus
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    #: When the next attempt may start (``retry`` only).
+    retry_at: datetime | None = None
+
+    @classmethod
+    def completed(cls, output: dict[str, Any]) -> AttemptEnd:
+        """Success: the run is ``completed`` with ``output``."""
+        return cls(RunStatus.COMPLETED, output=output)
+
+    @classmethod
+    def failed(cls, error: str) -> AttemptEnd:
+        """A permanent failure: the run is ``failed`` with ``error``."""
+        return cls(RunStatus.FAILED, error=error)
+
+    @classmethod
+    def retry(cls, error: str, *, at: datetime) -> AttemptEnd:
+        """Back to ``pending`` until ``at``, with no stream entry (the outbox sweep republishes it)."""
+        return cls(RunStatus.PENDING, error=error, retry_at=at)
+
+
+#: The columns each ending sets, beyond ``status``, the lease and ``updated_at`` (None: set to NULL).
+_END_COLUMNS: dict[RunStatus, dict[str, str | None]] = {
+    RunStatus.COMPLETED: {"output": "out", "error_message": None, "completed_at": "now"},
+    RunStatus.FAILED: {"error_message": "error", "completed_at": "now"},
+    RunStatus.PENDING: {"error_message": "error", "next_attempt_at": "retry_at", "stream_id": None},
+}
+
+
+@cache
+def _end_statement(status: RunStatus, dialect: str, with_entry: bool) -> Any:
+    values: dict[str, Any] = {
+        "status": status.value,
+        "lease_expires_at": None,
+        "updated_at": _param("now", "updated_at"),
+    }
+    for column, param in _END_COLUMNS[status].items():
+        values[column] = None if param is None else _param(param, column)
+    if with_entry:
+        values.update(_appended(dialect))
+    return update(_RUNS).where(_fence()).values(values)
+
+
+def end_attempt(
+    db: Executor,
+    run_id: uuid.UUID | str,
+    *,
+    attempt: int,
+    end: AttemptEnd,
+    now: datetime,
+    log_entry: dict[str, Any] | None = None,
+) -> bool:
+    """End the fenced attempt as ``end`` says, appending its ``attempt_log`` entry in the same UPDATE.
+
+    One statement; False if this attempt no longer owns the run (cancelled, taken over,
+    already ended), in which case nothing was written.
+    """
+    if end.status not in _END_COLUMNS:
+        raise ValueError(f"an attempt cannot end as {end.status.value}")
+    dialect = _dialect(db)
+    params: dict[str, Any] = {
+        "rid": _as_uuid(run_id),
+        "attempt": attempt,
+        "now": now,
+        "out": end.output,
+        "error": end.error,
+        "retry_at": end.retry_at,
+    }
+    if log_entry is not None:
+        params.update(_entry_params(dialect, log_entry))
+    result = db.execute(_end_statement(end.status, dialect, log_entry is not None), params)
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+@cache
+def _renew_statement() -> Any:
+    return update(_RUNS).where(_fence()).values(lease_expires_at=_param("lease", "lease_expires_at"))
 
 
 def renew_lease(
-    session: Session, run_id: uuid.UUID | str, *, attempt: int, now: datetime, lease_seconds: int
+    db: Executor, run_id: uuid.UUID | str, *, attempt: int, now: datetime, lease_seconds: int
 ) -> bool:
     """Extend the lease of the fenced attempt; False if it was cancelled or taken over."""
-    result = session.execute(
-        update(_RUNS)
-        .where(_fenced(run_id, attempt))
-        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-def complete(
-    session: Session,
-    run_id: uuid.UUID | str,
-    *,
-    attempt: int,
-    output: dict[str, Any],
-    now: datetime,
-    log_entry: dict[str, Any] | None = None,
-) -> bool:
-    """Record success for the fenced attempt (and its ``attempt_log`` entry); False if it lost the run."""
-    values = {
-        "status": RunStatus.COMPLETED,
-        "output": output,
-        "error_message": None,
-        "completed_at": now,
-        "lease_expires_at": None,
-        "updated_at": now,
-    }
-    result = session.execute(
-        update(_RUNS).where(_fenced(run_id, attempt)).values(_with_attempt(session, values, log_entry))
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-def fail(
-    session: Session,
-    run_id: uuid.UUID | str,
-    *,
-    attempt: int,
-    error: str,
-    now: datetime,
-    log_entry: dict[str, Any] | None = None,
-) -> bool:
-    """Record a permanent failure for the fenced attempt; False if it no longer owns the run."""
-    values = {
-        "status": RunStatus.FAILED,
-        "error_message": error,
-        "completed_at": now,
-        "lease_expires_at": None,
-        "updated_at": now,
-    }
-    result = session.execute(
-        update(_RUNS).where(_fenced(run_id, attempt)).values(_with_attempt(session, values, log_entry))
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-def retry_later(
-    session: Session,
-    run_id: uuid.UUID | str,
-    *,
-    attempt: int,
-    error: str,
-    at: datetime,
-    now: datetime,
-    log_entry: dict[str, Any] | None = None,
-) -> bool:
-    """Put the fenced attempt back to ``pending`` until ``at`` (the outbox sweep republishes it)."""
-    values = {
-        "status": RunStatus.PENDING,
-        "error_message": error,
-        "next_attempt_at": at,
-        "lease_expires_at": None,
-        "stream_id": None,
-        "updated_at": now,
-    }
-    result = session.execute(
-        update(_RUNS).where(_fenced(run_id, attempt)).values(_with_attempt(session, values, log_entry))
+    result = db.execute(
+        _renew_statement(),
+        {"rid": _as_uuid(run_id), "attempt": attempt, "lease": now + timedelta(seconds=lease_seconds)},
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def record_lost_attempt(
-    session: Session, run_id: uuid.UUID | str, *, log_entry: dict[str, Any]
+    db: Executor, run_id: uuid.UUID | str, *, log_entry: dict[str, Any]
 ) -> RunStatus | None:
     """Append the log entry of an attempt that lost its run (no fence); the run's status, None if gone.
 
     Its tokens were spent all the same: a cancelled or taken-over attempt is still counted.
     """
-    status = session.execute(
+    dialect = _dialect(db)
+    status = db.execute(
         update(_RUNS)
-        .where(PluginRun.run_id == _as_uuid(run_id))
-        .values(_with_attempt(session, {}, log_entry))
-        .returning(PluginRun.status)
+        .where(_col("run_id") == _param("rid", "run_id"))
+        .values(_appended(dialect))
+        .returning(_col("status")),
+        {"rid": _as_uuid(run_id), **_entry_params(dialect, log_entry)},
     ).scalar_one_or_none()
     return RunStatus(status) if status is not None else None
 

@@ -47,11 +47,22 @@ def base(root: Path | None) -> Path:
     return root or Path(tempfile.gettempdir()) / "first-sip-runs"
 
 
+_made: set[Path] = set()
+
+
 def create(run_id: str, root: Path | None = None) -> Path:
     """A new empty folder for one run (private to this user)."""
     folder = base(root)
-    folder.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"run-{run_id[:8]}-", dir=folder))
+    if folder not in _made:  # once per process, not per run (it is re-made if it disappears)
+        folder.mkdir(parents=True, exist_ok=True)
+        _made.add(folder)
+    try:
+        return Path(tempfile.mkdtemp(prefix=f"run-{run_id[:8]}-", dir=folder))
+    except FileNotFoundError:
+        _made.discard(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        _made.add(folder)
+        return Path(tempfile.mkdtemp(prefix=f"run-{run_id[:8]}-", dir=folder))
 
 
 def sweep(root: Path | None, *, older_than: float) -> int:
@@ -78,6 +89,11 @@ def remove(folder: Path | None) -> None:
     """Delete ``folder`` and its contents (best effort: a failure is logged, never raised)."""
     if folder is None:
         return
+    try:
+        os.rmdir(folder)  # the usual case: the crew left nothing behind
+        return
+    except OSError:
+        pass
     try:
         shutil.rmtree(folder)
     except FileNotFoundError:
@@ -109,6 +125,10 @@ def _inside(folder: Path, relative: str, where: str) -> Path:
 
 def confine_outputs(crew: Any, folder: Path, inputs: dict[str, Any]) -> None:
     """Point every file the crew will write into ``folder`` (see the module docstring)."""
+    tasks = [task for task in getattr(crew, "tasks", []) or [] if getattr(task, "output_file", None)]
+    log_file = getattr(crew, "output_log_file", None)
+    if not tasks and not log_file:
+        return  # nothing to confine: spare resolving the folder
     from crewai.utilities.string_utils import interpolate_only
 
     root = folder.resolve()
@@ -126,7 +146,6 @@ def confine_outputs(crew: Any, folder: Path, inputs: dict[str, Any]) -> None:
             raise PermanentError(f"{where}: cannot fill {original!r}: {exc}") from exc
         task.output_file = str(_inside(root, filled, where))
         task.create_directory = True
-    log_file = getattr(crew, "output_log_file", None)
     if log_file:
         from crewai.utilities.file_handler import FileHandler
 

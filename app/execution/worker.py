@@ -41,17 +41,17 @@ from app import keys
 from app.backoff import backoff_seconds
 from app.config import Settings, get_settings
 from app.db import runs
-from app.db.engine import session_scope
+from app.db.engine import autocommit_connection, session_scope
 from app.db.models import TERMINAL_STATUSES, RunStatus, utcnow
 from app.errors import RetryScheduled, RunFailed, SettingsValidationError
 from app.execution import attempts, cancel_watch, provider_errors, runtime, workdir
 from app.execution.attempts import AttemptOutcome
 from app.execution.contract import CrewContext
 from app.execution.crew_loader import entry_point_file, find_plugin
+from app.execution.crew_thread import CrewJob, Verdict, supervise
 from app.execution.lease import Lease
 from app.execution.llm import make_llm
 from app.execution.outcome import classify_failure
-from app.execution.runner import CrewJob, Verdict, supervise
 from app.flow.budget import BudgetWaitExpired
 from app.flow.policy import plugin_cap
 from app.flow.worker import RunSlot, run_deadline
@@ -124,8 +124,9 @@ def execute(
         settings = get_settings()
         # Import CrewAI before claiming, so its first-import cost never eats into a lease.
         runtime.prepare()
-        with session_scope() as session:
-            claimed = runs.claim(session, rid, now=utcnow(), lease_seconds=settings.lease_seconds)
+        # One statement: autocommit spares the BEGIN and COMMIT round trips.
+        with autocommit_connection() as conn:
+            claimed = runs.claim(conn, rid, now=utcnow(), lease_seconds=settings.lease_seconds)
         if claimed is None:
             finish = _unclaimed(rid, plugin, attempt)
         else:
@@ -242,7 +243,8 @@ def _run_leased(claimed: runs.ClaimedRun, settings: Settings, attempt: Attempt, 
         workdir=workdir.create(str(claimed.run_id), settings.run_workdir_root),
     )
     job = CrewJob(plugin, ctx, attempt.model)
-    log.info("running crew (time limit %s s)", timeout)
+    # DEBUG: Celery already logs each task it receives; one INFO line per run (its outcome) is enough.
+    log.debug("running crew (time limit %s s)", timeout)
     # The crew thread inherits the deadline: a request that cannot get a turn in the model's
     # budget before it is not sent (the attempt fails as transient and is retried later).
     with run_deadline(time.monotonic() + timeout), cancel_watch.watching(ctx.run_id, ctx.stopped):
@@ -278,14 +280,21 @@ def _with_abandoned(finish: Finish, job: CrewJob) -> Finish:
     return replace(finish, abandoned=job.alive)
 
 
+def _end(
+    attempt: Attempt, end: runs.AttemptEnd, entry: dict[str, Any], *, now: datetime | None = None
+) -> bool:
+    """Record how the attempt ended (one fenced UPDATE, committed by itself); False if it lost the run."""
+    lease = attempt.lease
+    with autocommit_connection() as conn:
+        return runs.end_attempt(
+            conn, lease.run_id, attempt=lease.attempt, end=end, now=now or utcnow(), log_entry=entry
+        )
+
+
 def _complete(attempt: Attempt, output: dict[str, Any]) -> Finish:
     lease = attempt.lease
     entry = attempt.log_entry(AttemptOutcome.COMPLETED)
-    with session_scope() as session:
-        ok = runs.complete(
-            session, lease.run_id, attempt=lease.attempt, output=output, now=utcnow(), log_entry=entry
-        )
-    if not ok:
+    if not _end(attempt, runs.AttemptEnd.completed(output), entry):
         return _lost(attempt, entry)
     tokens = output.get("token_usage", {}).get("total_tokens")
     log.info("run completed (%s tokens, %.1f s)", tokens, output.get("duration_seconds", 0))
@@ -295,11 +304,7 @@ def _complete(attempt: Attempt, output: dict[str, Any]) -> Finish:
 def _fail(attempt: Attempt, message: str, *, outcome: AttemptOutcome = AttemptOutcome.FAILED) -> Finish:
     lease = attempt.lease
     entry = attempt.log_entry(outcome, error=message)
-    with session_scope() as session:
-        ok = runs.fail(
-            session, lease.run_id, attempt=lease.attempt, error=message, now=utcnow(), log_entry=entry
-        )
-    if not ok:
+    if not _end(attempt, runs.AttemptEnd.failed(message), entry):
         return _lost(attempt, entry)
     log.warning("run failed: %s", message)
     return Finish(RunStatus.FAILED.value, lease.attempt, executed=True, entry_done=True, error=message)
@@ -322,11 +327,7 @@ def _failure(attempt: Attempt, exc: BaseException, settings: Settings) -> Finish
     note = f"attempt {tries}/{settings.max_attempts} failed, retry after {at.isoformat()}: "
     note += failure.message
     entry = attempt.log_entry(AttemptOutcome.RETRY, error=failure.message)
-    with session_scope() as session:
-        ok = runs.retry_later(
-            session, lease.run_id, attempt=lease.attempt, error=note, at=at, now=now, log_entry=entry
-        )
-    if not ok:
+    if not _end(attempt, runs.AttemptEnd.retry(note, at=at), entry, now=now):
         return _lost(attempt, entry)
     log.warning("transient error; retry in %.1f s: %s", delay, failure.message)
     return Finish(RETRY_SCHEDULED, lease.attempt, executed=True, entry_done=True, error=note, retry_at=at)

@@ -175,12 +175,25 @@ def _import(package: str, path: Path, folder: Path) -> types.ModuleType:
 
 
 def load_callable(
-    folder: Path, ref: str, *, name: str | None = None, version: str = ""
+    folder: Path,
+    ref: str,
+    *,
+    name: str | None = None,
+    version: str = "",
+    resolved: tuple[Path, str] | None = None,
 ) -> Callable[..., Any]:
-    """The function ``ref`` names in the plugin in ``folder`` (see the module docstring)."""
-    path, function = resolve_ref(folder, ref)
+    """The function ``ref`` names in the plugin in ``folder`` (see the module docstring).
+
+    ``resolved`` is what :func:`resolve_ref` returned for ``folder`` and ``ref`` earlier
+    (a caller that keeps it saves resolving the path again); the file is still stat'ed,
+    so a changed file is imported afresh.
+    """
+    path, function = resolved or resolve_ref(folder, ref)
     name = name or folder.name
-    mtime_ns = path.stat().st_mtime_ns
+    try:
+        mtime_ns = path.stat().st_mtime_ns
+    except OSError as exc:
+        raise PluginError([Problem(str(folder), ref, f"{ref.partition(':')[0]} does not exist")]) from exc
     key = (str(path), function, version, mtime_ns)
     with _lock:
         cached = _loaded.get(key)
