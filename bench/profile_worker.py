@@ -62,7 +62,7 @@ def main() -> None:
         from app.logs import configure_logging
         from app.plugins.registry import discover
         from app.plugins.sync import sync_plugins
-        from app.streams import keys
+        from app import keys
         from bench.bench_pipeline import _make_runs
 
         get_settings.cache_clear()
