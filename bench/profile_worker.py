@@ -54,7 +54,7 @@ def main() -> None:
         os.environ["LOG_LEVEL"] = "INFO"  # as in the benchmark's worker
         from sqlalchemy import select
 
-        from app import api
+        from app import api, keys
         from app.config import get_settings
         from app.db.engine import session_scope
         from app.db.models import PluginRow
@@ -62,7 +62,6 @@ def main() -> None:
         from app.logs import configure_logging
         from app.plugins.registry import discover
         from app.plugins.sync import sync_plugins
-        from app import keys
         from bench.bench_pipeline import _make_runs
 
         get_settings.cache_clear()
