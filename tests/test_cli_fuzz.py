@@ -196,7 +196,7 @@ def _partial_success(command: list[str], stderr: str) -> bool:
 
 def test_every_command_with_arbitrary_arguments(fixture: dict[str, str]) -> None:
     @settings(
-        max_examples=250,
+        max_examples=120,
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
