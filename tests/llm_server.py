@@ -309,6 +309,12 @@ class LLMServer:
         self._accepted.append(now)
         return None
 
+    def _delivering(self, request: Request, usage: dict[str, int]) -> None:
+        """Note the usage of an answer about to be sent: a client that has read it can count on it."""
+        with self._lock:
+            request.status = 200
+            request.usage = usage
+
     def _leave(self, request: Request, status: int, usage: dict[str, int] | None) -> None:
         with self._lock:
             request.status = status
@@ -402,6 +408,9 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.malformed or reply.truncated:
             self._broken_body(reply)
             return 200, None
+        # Noted before the body is written: the client may read it and ask for usage_sent() before
+        # this thread reaches _leave.
+        self.server_state._delivering(request, usage)
         self._json(200, self._completion(request, reply, content, usage))
         return 200, usage
 
@@ -482,6 +491,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(b'data: {"id": "chatcmpl-broken", "choices": [\n\n')
         self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if request.include_usage:
+            if not reply.malformed:
+                self.server_state._delivering(request, usage)
             self._event({**base, "choices": [], "usage": usage})
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")
